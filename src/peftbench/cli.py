@@ -1,0 +1,298 @@
+"""The peftbench command line. Thin: it builds a RunConfig and calls the runner."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from peftbench.config import deep_merge, load_yaml, parse_config
+from peftbench.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune with PEFT methods and compare them fairly.")
+results_app = typer.Typer(help="List and show stored runs.", invoke_without_command=True)
+app.add_typer(results_app, name="results")
+out = Console()
+err = Console(stderr=True)
+
+DEFAULT_METHODS = "base,head,full,lora,ia3,prompt"
+RESULTS_DIR = "./peftbench-results"
+
+
+def friendly(fn: Callable) -> Callable:
+    """Bad input: one line on stderr, exit code 2, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+class BarReporter:
+    """Training progress bar plus one line per validation point, on stderr."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=err, transient=True)
+        self.task: Any = None
+
+    def start(self, total_steps: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task(f"train {self.label}", total=total_steps)
+
+    def step(self, step: int, loss: float | None) -> None:
+        self.progress.update(self.task, completed=step)
+        if step == self.progress.tasks[0].total:
+            self.progress.stop()
+
+    def evaluated(self, point: Any) -> None:
+        m = point.metrics
+        self.progress.console.print(
+            f"  {self.label} step {point.step}: val macro-F1 {m.get('macro_f1', float('nan')):.4f} "
+            f"acc {m.get('accuracy', float('nan')):.4f} loss {m['loss']:.4f}", highlight=False)
+
+
+def _params(items: list[str]) -> dict[str, Any]:
+    params = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--param '{item}' must look like KEY=VALUE (e.g. --param r=16)")
+        k, v = item.split("=", 1)
+        params[k.strip()] = yaml.safe_load(v)
+    return params
+
+
+def build_config(config: Optional[Path], flags: dict[str, Any], params: list[str]) -> tuple[dict, list]:
+    """YAML (if any) overlaid with the flags the user gave; returns (raw config, methods list)."""
+    raw = load_yaml(config) if config else {}
+    methods = raw.pop("methods", None)
+    over: dict[str, Any] = {}
+    for key, value in flags.items():
+        if value is None:
+            continue
+        node = over
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    if params:
+        over = deep_merge(over, {"method": {"params": _params(params)}})
+    return deep_merge(raw, over), methods
+
+
+# Shared options of run and compare (flag -> config key).
+def _flags(**kw: Any) -> dict[str, Any]:
+    keys = {
+        "model": "model.name", "trust_remote_code": "model.trust_remote_code", "data": "task.data.source",
+        "subset": "task.data.subset", "train_file": "task.data.train_file",
+        "validation_file": "task.data.validation_file", "test_file": "task.data.test_file",
+        "text_column": "task.data.text_column", "text_pair_column": "task.data.text_pair_column",
+        "label_column": "task.data.label_column", "max_train_examples": "task.data.max_train_examples",
+        "max_eval_examples": "task.data.max_eval_examples", "max_length": "task.max_length",
+        "lr": "train.lr", "steps": "train.steps", "epochs": "train.epochs", "batch_size": "train.batch_size",
+        "grad_accum": "train.grad_accum", "eval_every": "train.eval_every", "seed": "train.seed",
+    }
+    flags = {keys[k]: v for k, v in kw.items() if k in keys}
+    if not kw.get("trust_remote_code"):
+        flags["model.trust_remote_code"] = None  # only an explicit flag turns it on
+    return flags
+
+
+Opt = typer.Option
+
+
+def _execute(raw: dict, results_dir: Path, force: bool):
+    from peftbench.runner import run
+
+    cfg = parse_config(raw)
+    reporter = BarReporter(cfg.method.name)
+    return run(cfg, results_dir, force=force, reporter=reporter, log=lambda s: err.print(s, highlight=False))
+
+
+@app.command("run")
+@friendly
+def run_cmd(
+    method: Optional[str] = Opt(None, "--method", "-m", help="Method name (default lora; see: peftbench methods)."),
+    param: list[str] = Opt([], "--param", "-p", help="Method hyper-parameter KEY=VALUE; repeatable."),
+    config: Optional[Path] = Opt(None, "--config", "-c", help="YAML run config (model:, task:, method:, train:)."),
+    model: Optional[str] = Opt(None, help="Hub model id or local folder; 'default' is the bundled all-MiniLM-L6-v2."),
+    trust_remote_code: bool = Opt(False, help="Allow the model repository's own Python code to run."),
+    data: Optional[str] = Opt(None, help="'builtin:tweet_eval_emotion', a data folder, or a hub dataset name."),
+    subset: Optional[str] = Opt(None, help="Hub dataset configuration name."),
+    train_file: Optional[str] = Opt(None, help="Training file (.csv/.json/.jsonl/.parquet)."),
+    validation_file: Optional[str] = Opt(None, help="Validation file; carved from train when absent."),
+    test_file: Optional[str] = Opt(None, help="Test file."),
+    text_column: Optional[str] = Opt(None, help="Text column name (default: text)."),
+    text_pair_column: Optional[str] = Opt(None, help="Second text column for pair tasks."),
+    label_column: Optional[str] = Opt(None, help="Label column name (default: label)."),
+    max_train_examples: Optional[int] = Opt(None, help="Use only the first N training examples."),
+    max_eval_examples: Optional[int] = Opt(None, help="Use only the first N validation and test examples."),
+    max_length: Optional[int] = Opt(None, help="Truncate inputs to this many tokens."),
+    lr: Optional[float] = Opt(None, help="Learning rate (default: the method's)."),
+    steps: Optional[int] = Opt(None, help="Budget in optimizer steps."),
+    epochs: Optional[float] = Opt(None, help="Budget in epochs (default 1)."),
+    batch_size: Optional[int] = Opt(None, help="Training batch size."),
+    grad_accum: Optional[int] = Opt(None, help="Gradient accumulation steps."),
+    eval_every: Optional[int] = Opt(None, help="Validate every N steps (default: 5 points per run)."),
+    seed: Optional[int] = Opt(None, help="Random seed."),
+    results_dir: Path = Opt(RESULTS_DIR, help="Results folder (SQLite + run folders)."),
+    force: bool = Opt(False, help="Re-run even if this exact config already finished."),
+    json_out: bool = Opt(False, "--json", help="Print the stored run as JSON."),
+) -> None:
+    """Fine-tune one method and store the measured result."""
+    flags = {**_flags(**locals()), "method.name": method}
+    raw, _ = build_config(config, flags, param)
+    from peftbench.report.tables import compare_table, summary
+
+    res = _execute(raw, results_dir, force)
+    if json_out:
+        print(json.dumps({**summary(res.row), "skipped": res.skipped, "result": res.row.result}, indent=2))
+    else:
+        out.print(compare_table([res.row], title="peftbench run"))
+
+
+@app.command("compare")
+@friendly
+def compare_cmd(
+    methods: str = Opt(DEFAULT_METHODS, "--methods", help="Comma-separated methods to compare."),
+    config: Optional[Path] = Opt(None, "--config", "-c", help="YAML base config; may list methods: [...]"),
+    model: Optional[str] = Opt(None, help="Hub model id or local folder; 'default' is the bundled all-MiniLM-L6-v2."),
+    trust_remote_code: bool = Opt(False, help="Allow the model repository's own Python code to run."),
+    data: Optional[str] = Opt(None, help="'builtin:tweet_eval_emotion', a data folder, or a hub dataset name."),
+    subset: Optional[str] = Opt(None, help="Hub dataset configuration name."),
+    train_file: Optional[str] = Opt(None, help="Training file (.csv/.json/.jsonl/.parquet)."),
+    validation_file: Optional[str] = Opt(None, help="Validation file; carved from train when absent."),
+    test_file: Optional[str] = Opt(None, help="Test file."),
+    text_column: Optional[str] = Opt(None, help="Text column name (default: text)."),
+    text_pair_column: Optional[str] = Opt(None, help="Second text column for pair tasks."),
+    label_column: Optional[str] = Opt(None, help="Label column name (default: label)."),
+    max_train_examples: Optional[int] = Opt(None, help="Use only the first N training examples."),
+    max_eval_examples: Optional[int] = Opt(None, help="Use only the first N validation and test examples."),
+    max_length: Optional[int] = Opt(None, help="Truncate inputs to this many tokens."),
+    steps: Optional[int] = Opt(None, help="Budget in optimizer steps, the same for every method."),
+    epochs: Optional[float] = Opt(None, help="Budget in epochs (default 1)."),
+    batch_size: Optional[int] = Opt(None, help="Training batch size."),
+    grad_accum: Optional[int] = Opt(None, help="Gradient accumulation steps."),
+    eval_every: Optional[int] = Opt(None, help="Validate every N steps."),
+    seed: Optional[int] = Opt(None, help="Random seed."),
+    results_dir: Path = Opt(RESULTS_DIR, help="Results folder (SQLite + run folders)."),
+    force: bool = Opt(False, help="Re-run configs that already finished."),
+    json_out: bool = Opt(False, "--json", help="Print the comparison as JSON."),
+) -> None:
+    """Run several methods on one model and task (each at its own default learning rate), then tabulate."""
+    from peftbench.methods import get_method
+    from peftbench.report.tables import compare_table, summary
+
+    raw, listed = build_config(config, _flags(**locals()), [])
+    entries = listed if listed and methods == DEFAULT_METHODS else [m.strip() for m in methods.split(",") if m.strip()]
+    specs = [e if isinstance(e, dict) else {"name": e} for e in entries]
+    for s in specs:  # refuse a bad method before any run starts
+        get_method(s.get("name", "")).validate(s.get("params", {}))
+    raws = [deep_merge(raw, {"method": s}) for s in specs]
+    for r in raws:
+        parse_config(r)
+    rows = [_execute(r, results_dir, force).row for r in raws]
+    if json_out:
+        print(json.dumps([summary(r) for r in rows], indent=2))
+    else:
+        out.print(compare_table(rows))
+
+
+@results_app.callback()
+@friendly
+def results_list(
+    ctx: typer.Context,
+    results_dir: Path = Opt(RESULTS_DIR, help="Results folder."),
+    json_out: bool = Opt(False, "--json", help="Print as JSON."),
+) -> None:
+    """List stored runs (or: peftbench results show RUN_ID)."""
+    if ctx.invoked_subcommand:
+        return
+    from peftbench.report.tables import runs_table, summary
+    from peftbench.store import Store
+
+    if not (results_dir / "results.sqlite").exists():
+        raise UserError(f"no results in '{results_dir}' yet; run: peftbench compare (or pass --results-dir)")
+    rows = Store(results_dir).list()
+    if json_out:
+        print(json.dumps([summary(r) for r in rows], indent=2))
+    else:
+        out.print(runs_table(rows))
+
+
+@results_app.command("show")
+@friendly
+def results_show(
+    run_id: str = typer.Argument(..., help="Run id or config hash (a unique prefix is enough)."),
+    results_dir: Path = Opt(RESULTS_DIR, help="Results folder."),
+    json_out: bool = Opt(False, "--json", help="Print as JSON."),
+) -> None:
+    """Show one stored run: config, metrics, costs and its validation curve."""
+    from peftbench.store import Store
+
+    if not (results_dir / "results.sqlite").exists():
+        raise UserError(f"no results in '{results_dir}' yet; run: peftbench compare (or pass --results-dir)")
+    store = Store(results_dir)
+    row = store.get(run_id)
+    doc = {"run_id": row.run_id, "status": row.status, "config_hash": row.config_hash, "folder": str(row.folder),
+           "config": row.config, "result": row.result, "error": row.error, "curve": store.curve(row.run_id)}
+    if json_out:
+        print(json.dumps(doc, indent=2))
+        return
+    out.print_json(json.dumps(doc))
+
+
+@app.command("methods")
+@friendly
+def methods_cmd(json_out: bool = Opt(False, "--json", help="Print as JSON.")) -> None:
+    """List methods and their hyper-parameters (defaults and limits)."""
+    from rich.table import Table
+
+    from peftbench.methods import REGISTRY
+
+    docs = []
+    for name, cls in REGISTRY.items():
+        hp = {}
+        for key, f in cls.Params.model_fields.items():
+            limits = " ".join(str(m) for m in f.metadata)
+            hp[key] = {"default": f.default, "type": str(f.annotation).replace("typing.", ""),
+                       "limits": limits, "help": f.description or ""}
+        docs.append({"method": name, "summary": cls.summary, "default_lr": cls.default_lr,
+                     "can_merge": cls.can_merge, "params": hp})
+    if json_out:
+        print(json.dumps(docs, indent=2, default=str))
+        return
+    table = Table(title="methods")
+    for col in ("method", "default lr", "hyper-parameters (default)", "what it does"):
+        table.add_column(col)
+    for d in docs:
+        hp = "\n".join(f"{k}={v['default']!r} {v['limits']}".strip() for k, v in d["params"].items()) or "-"
+        table.add_row(d["method"], f"{d['default_lr']:g}" if d["default_lr"] else "-", hp, d["summary"])
+    out.print(table)
+
+
+def main() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # load reports are noise here; errors still show
+    transformers.utils.logging.disable_progress_bar()
+    app()
+
+
+if __name__ == "__main__":
+    main()

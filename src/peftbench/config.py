@@ -1,0 +1,136 @@
+"""Run configuration: validated pydantic specs, YAML loading, and the config hash.
+
+A RunConfig is everything that determines a run's result; its hash keys the store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from peftbench.errors import UserError, suggest
+
+DEFAULT_MODEL = "default"  # the bundled all-MiniLM-L6-v2
+DEFAULT_DATA = "builtin:tweet_eval_emotion"
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(Spec):
+    name: str = DEFAULT_MODEL  # hub id, local directory, or "default"
+    revision: str | None = None
+    trust_remote_code: bool = False  # only ever True when the user asks
+
+
+class DataSpec(Spec):
+    # "builtin:<name>", a local file/dir (CSV, JSON, JSONL, Parquet), or a hub dataset name.
+    source: str = DEFAULT_DATA
+    subset: str | None = None  # hub configuration name
+    train_file: str | None = None  # explicit per-split files override `source`
+    validation_file: str | None = None
+    test_file: str | None = None
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    max_train_examples: int | None = Field(None, ge=1)
+    max_eval_examples: int | None = Field(None, ge=1)
+
+
+class TaskSpec(Spec):
+    kind: str = "classification"
+    data: DataSpec = DataSpec()
+    max_length: int = Field(128, ge=8, le=8192)
+
+
+class MethodSpec(Spec):
+    name: str = "lora"
+    params: dict[str, Any] = {}
+
+
+class TrainSpec(Spec):
+    lr: float | None = Field(None, gt=0.0)  # None: the method's default
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    steps: int | None = Field(None, ge=1)  # budget: optimizer steps ...
+    epochs: float | None = Field(None, gt=0.0)  # ... or epochs (steps wins if both)
+    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    eval_every: int | None = Field(None, ge=1)  # None: about 5 points per run
+    select_metric: Literal["macro_f1", "accuracy", "loss"] = "macro_f1"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _default_budget(self) -> TrainSpec:
+        if self.steps is None and self.epochs is None:
+            self.epochs = 1.0
+        return self
+
+
+class RunConfig(Spec):
+    model: ModelSpec = ModelSpec()
+    task: TaskSpec = TaskSpec()
+    method: MethodSpec = MethodSpec()
+    train: TrainSpec = TrainSpec()
+
+    def canonical(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names valid at a location, to suggest a fix for a misspelled key."""
+    cur: Any = model
+    for part in loc[:-1]:
+        field = getattr(cur, "model_fields", {}).get(part)
+        if field is None or not isinstance(field.annotation, type):
+            return []
+        cur = field.annotation
+    return list(getattr(cur, "model_fields", {}))
+
+
+def explain(err: ValidationError, model: type[BaseModel], where: str = "config") -> UserError:
+    """Turn pydantic's report into one line naming the key, the problem and the fix."""
+    e = err.errors()[0]
+    loc = tuple(e["loc"])
+    key = ".".join(str(p) for p in loc)
+    if e["type"] == "extra_forbidden":
+        known = _fields_at(model, loc)
+        hint = suggest(str(loc[-1]), known) or f" (known keys: {', '.join(known)})"
+        return UserError(f"unknown {where} key '{key}'{hint}; fix or remove it")
+    return UserError(f"bad {where} value for '{key}': {e['msg']} (got {e.get('input')!r})")
+
+
+def parse_config(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise explain(err, RunConfig) from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file '{p}' does not exist; check the path given to --config")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file '{p}' is not valid YAML{line}; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file '{p}' must hold a mapping (model:, task:, method:, train:)")
+    return data
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

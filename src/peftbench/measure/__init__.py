@@ -1,0 +1,1 @@
+"""Measured costs: FLOPs, memory, parameters, bytes on disk."""

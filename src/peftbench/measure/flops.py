@@ -1,0 +1,77 @@
+"""Measured FLOPs with torch's FlopCounterMode, cached per padded batch shape.
+
+Counting every step costs ~10-25% of the step, so each distinct input shape is counted
+once (on a real step) and its figure reused. Forward and backward are kept apart:
+frozen weights need no weight gradient, so a LoRA backward is ~1x its forward while a
+full fine-tuning backward is ~2x. Training and evaluation use separate meters.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+Shape = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def shape_key(batch: dict[str, torch.Tensor]) -> Shape:
+    return tuple(sorted((k, tuple(v.shape)) for k, v in batch.items() if isinstance(v, torch.Tensor)))
+
+
+@dataclass
+class FlopMeter:
+    enabled: bool = True
+    forward_flops: int = 0
+    backward_flops: int = 0
+    counted_shapes: int = 0
+    counting_seconds: float = 0.0  # wall time of the counted (instrumented) passes
+    cache: dict[Shape, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return self.forward_flops + self.backward_flops
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        """A forward pass whose FLOPs are added (evaluation: no backward)."""
+        key = shape_key(batch)
+        if not self.enabled or key in self.cache:
+            out = model(**batch)
+            if self.enabled:
+                self.forward_flops += self.cache[key][0]
+            return out
+        t0 = time.perf_counter()
+        with FlopCounterMode(display=False) as fc:
+            out = model(**batch)
+        self.cache[key] = (fc.get_total_flops(), 0)
+        self.counted_shapes += 1
+        self.counting_seconds += time.perf_counter() - t0
+        self.forward_flops += self.cache[key][0]
+        return out
+
+    def train_step(self, model: nn.Module, batch: dict[str, torch.Tensor], scale: float = 1.0) -> torch.Tensor:
+        """Forward + backward of one micro-batch; returns the (unscaled) loss, detached."""
+        key = shape_key(batch)
+        if not self.enabled or key in self.cache:
+            loss = model(**batch).loss
+            (loss * scale if scale != 1.0 else loss).backward()
+            if self.enabled:
+                fwd, bwd = self.cache[key]
+                self.forward_flops += fwd
+                self.backward_flops += bwd
+            return loss.detach()
+        t0 = time.perf_counter()
+        with FlopCounterMode(display=False) as fc:
+            loss = model(**batch).loss
+        with FlopCounterMode(display=False) as bc:
+            (loss * scale if scale != 1.0 else loss).backward()
+        self.cache[key] = (fc.get_total_flops(), bc.get_total_flops())
+        self.counted_shapes += 1
+        self.counting_seconds += time.perf_counter() - t0
+        self.forward_flops += self.cache[key][0]
+        self.backward_flops += self.cache[key][1]
+        return loss.detach()

@@ -1,0 +1,186 @@
+"""SQLite results store with atomic finishes.
+
+A run row is written `running` when training starts and becomes `done` in the same
+transaction that records its evaluation curve, after its folder was renamed into place.
+A killed run stays `running` until a later open finds its process gone and marks it
+`interrupted`; it is never counted as done. `--force` adds a new run; only when it
+finishes are older done runs of the same config marked `superseded` (kept, not deleted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peftbench.errors import UserError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+  run_id TEXT PRIMARY KEY, config_hash TEXT NOT NULL, status TEXT NOT NULL,
+  method TEXT, model TEXT, task TEXT, created REAL, finished REAL,
+  pid INTEGER, host TEXT, config TEXT, result TEXT, error TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_hash ON runs(config_hash, status);
+CREATE TABLE IF NOT EXISTS evals (
+  run_id TEXT NOT NULL, step INTEGER, tokens INTEGER, train_flops INTEGER,
+  seconds REAL, train_loss REAL, metrics TEXT
+);
+CREATE INDEX IF NOT EXISTS evals_run ON evals(run_id);
+"""
+
+
+@dataclass
+class RunRow:
+    run_id: str
+    config_hash: str
+    status: str
+    method: str
+    model: str
+    task: str
+    created: float
+    finished: float | None
+    config: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    folder: Path
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.runs_dir = self.root / "runs"
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.root / "results.sqlite", timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA)
+        self._reap()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _reap(self) -> None:
+        """Mark runs whose process died (kill -9, power loss) as interrupted."""
+        host = socket.gethostname()
+        rows = self.db.execute("SELECT run_id, pid FROM runs WHERE status='running' AND host=?", (host,)).fetchall()
+        for run_id, pid in rows:
+            if pid != os.getpid() and not _alive(pid):
+                self.db.execute(
+                    "UPDATE runs SET status='interrupted', error='process ended before the run finished' "
+                    "WHERE run_id=? AND status='running'", (run_id,)
+                )
+
+    # -- writing ---------------------------------------------------------------------
+    def begin(self, config_hash: str, config: dict[str, Any], method: str, model: str, task: str) -> str:
+        run_id = f"{config_hash}-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid() % 100000:05d}"
+        self.db.execute(
+            "INSERT INTO runs(run_id, config_hash, status, method, model, task, created, pid, host, config) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (run_id, config_hash, "running", method, model, task, time.time(), os.getpid(),
+             socket.gethostname(), json.dumps(config)),
+        )
+        return run_id
+
+    def staging(self, run_id: str) -> Path:
+        """A private folder for a run's files; renamed into place by finish()."""
+        path = self.runs_dir / f".tmp-{run_id}"
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    def finish(self, run_id: str, result: dict[str, Any], curve: list[dict[str, Any]], staged: Path) -> None:
+        final = self.runs_dir / run_id
+        staged.rename(final)  # atomic on one filesystem
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany(
+                "INSERT INTO evals(run_id, step, tokens, train_flops, seconds, train_loss, metrics) VALUES (?,?,?,?,?,?,?)",
+                [(run_id, p["step"], p["tokens"], p["train_flops"], p["seconds"], p["train_loss"],
+                  json.dumps(p["metrics"])) for p in curve],
+            )
+            (config_hash,) = self.db.execute("SELECT config_hash FROM runs WHERE run_id=?", (run_id,)).fetchone()
+            self.db.execute(
+                "UPDATE runs SET status='superseded' WHERE config_hash=? AND status='done'", (config_hash,)
+            )
+            self.db.execute(
+                "UPDATE runs SET status='done', finished=?, result=? WHERE run_id=?",
+                (time.time(), json.dumps(result), run_id),
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def fail(self, run_id: str, status: str, error: str, staged: Path | None = None) -> None:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+        self.db.execute(
+            "UPDATE runs SET status=?, finished=?, error=? WHERE run_id=? AND status='running'",
+            (status, time.time(), error[:2000], run_id),
+        )
+
+    # -- reading ---------------------------------------------------------------------
+    _COLS = "run_id, config_hash, status, method, model, task, created, finished, config, result, error"
+
+    def _row(self, r: tuple) -> RunRow:
+        return RunRow(
+            run_id=r[0], config_hash=r[1], status=r[2], method=r[3], model=r[4], task=r[5], created=r[6],
+            finished=r[7], config=json.loads(r[8] or "{}"), result=json.loads(r[9]) if r[9] else None,
+            error=r[10], folder=self.runs_dir / r[0],
+        )
+
+    def find_done(self, config_hash: str) -> RunRow | None:
+        r = self.db.execute(
+            f"SELECT {self._COLS} FROM runs WHERE config_hash=? AND status='done' ORDER BY finished DESC LIMIT 1",
+            (config_hash,),
+        ).fetchone()
+        return self._row(r) if r else None
+
+    def list(self, status: str | None = None) -> list[RunRow]:
+        q, args = f"SELECT {self._COLS} FROM runs", ()
+        if status:
+            q, args = q + " WHERE status=?", (status,)
+        return [self._row(r) for r in self.db.execute(q + " ORDER BY created", args).fetchall()]
+
+    def get(self, ident: str) -> RunRow:
+        """A run by run id or config hash (or a unique prefix of either); done runs first."""
+        rows = self.db.execute(
+            f"SELECT {self._COLS} FROM runs WHERE run_id LIKE ? OR config_hash LIKE ? "
+            "ORDER BY status='done' DESC, created DESC",
+            (ident + "%", ident + "%"),
+        ).fetchall()
+        if not rows:
+            raise UserError(f"no stored run matches '{ident}'; list them with: peftbench results")
+        if len({r[1] for r in rows}) > 1:
+            raise UserError(f"'{ident}' matches several runs; give more characters of the id")
+        return self._row(rows[0])
+
+    def curve(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT step, tokens, train_flops, seconds, train_loss, metrics FROM evals WHERE run_id=? ORDER BY step",
+            (run_id,),
+        ).fetchall()
+        return [
+            {"step": s, "tokens": t, "train_flops": f, "seconds": sec, "train_loss": l, "metrics": json.loads(m)}
+            for s, t, f, sec, l, m in rows
+        ]

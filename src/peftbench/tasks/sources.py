@@ -1,0 +1,138 @@
+"""Where data comes from: built-in demo data, local files, or a hub dataset.
+
+Every source ends as a DatasetDict with train / validation / test. A missing validation
+split is carved from train with a fixed seed, so every method and seed sees the same split.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+from datasets import Dataset, DatasetDict
+
+from peftbench.config import DataSpec
+from peftbench.errors import UserError
+
+SPLITS = ("train", "validation", "test")
+SUFFIXES = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
+CARVE_SEED = 0
+
+
+def builtin_dir(name: str) -> Path:
+    root = resources.files("peftbench") / "data" / name
+    if not root.is_dir():
+        known = sorted(p.name for p in (resources.files("peftbench") / "data").iterdir() if p.is_dir())
+        raise UserError(f"unknown built-in dataset '{name}'; known: {', '.join(known)}")
+    return Path(str(root))
+
+
+def read_file(path: Path) -> Dataset:
+    """Read one CSV / JSON / JSONL / Parquet file; malformed input names its line."""
+    if not path.is_file():
+        raise UserError(f"data file '{path}' does not exist; check the path")
+    fmt = SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise UserError(f"data file '{path}' has an unknown type; use .csv, .json, .jsonl or .parquet")
+    try:
+        if fmt == "csv":
+            df = pd.read_csv(path)
+        elif fmt == "parquet":
+            df = pd.read_parquet(path)
+        else:
+            df = pd.DataFrame(_read_json_records(path))
+    except UserError:
+        raise
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as err:
+        raise UserError(f"cannot read data file '{path}': {str(err).splitlines()[0][:200]}; fix the file") from None
+    return Dataset.from_pandas(df, preserve_index=False)
+
+
+def _read_json_records(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"data file '{path}' is not valid JSON at line {err.lineno}: {err.msg}; fix that line") from None
+    else:  # JSON Lines (also accepted under .json)
+        rows = []
+        for no, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise UserError(f"data file '{path}' line {no} is not valid JSON ({err.msg}); fix or remove that line") from None
+    if not all(isinstance(r, dict) for r in rows):
+        raise UserError(f"data file '{path}' must hold one JSON object per record")
+    return rows
+
+
+def _split_files(folder: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for f in sorted(folder.iterdir()):
+        if f.suffix.lower() not in SUFFIXES:
+            continue
+        for split, names in SPLIT_ALIASES.items():
+            if f.stem.lower() in names and split not in found:
+                found[split] = f
+    return found
+
+
+def _from_hub(spec: DataSpec) -> DatasetDict:
+    from datasets import load_dataset
+
+    try:
+        dd = load_dataset(spec.source, spec.subset)
+    except Exception as err:  # datasets raises many types; all mean "cannot get it"
+        raise UserError(
+            f"cannot load dataset '{spec.source}': {str(err).splitlines()[0][:160]}; "
+            "give a local file/folder, 'builtin:<name>', or a reachable hub dataset"
+        ) from None
+    out = {}
+    for split, names in SPLIT_ALIASES.items():
+        for n in names:
+            if n in dd:
+                out[split] = dd[n]
+                break
+    return DatasetDict(out)
+
+
+def load_splits(spec: DataSpec) -> DatasetDict:
+    """Return train / validation / test; validation carved from train when absent."""
+    files = {s: getattr(spec, f"{s}_file") for s in SPLITS if getattr(spec, f"{s}_file")}
+    if files:
+        dd = DatasetDict({s: read_file(Path(p).expanduser()) for s, p in files.items()})
+    elif spec.source.startswith("builtin:"):
+        dd = DatasetDict({s: read_file(p) for s, p in _split_files(builtin_dir(spec.source[8:])).items()})
+    elif Path(spec.source).expanduser().is_dir():
+        folder = Path(spec.source).expanduser()
+        found = _split_files(folder)
+        if not found:
+            raise UserError(f"data folder '{folder}' holds no train/validation/test .csv/.json/.jsonl/.parquet files")
+        dd = DatasetDict({s: read_file(p) for s, p in found.items()})
+    elif Path(spec.source).suffix.lower() in SUFFIXES:
+        if not Path(spec.source).expanduser().is_file():
+            raise UserError(f"data file '{spec.source}' does not exist; check the path")
+        raise UserError(f"data source '{spec.source}' is one file; give --train-file and --test-file instead")
+    else:
+        dd = _from_hub(spec)
+    for split in ("train", "test"):
+        if split not in dd:
+            raise UserError(f"data has no {split} split; provide one (e.g. --{split}-file PATH)")
+    if "validation" not in dd:
+        parts = dd["train"].train_test_split(test_size=spec.validation_fraction, seed=CARVE_SEED)
+        dd = DatasetDict({"train": parts["train"], "validation": parts["test"], "test": dd["test"]})
+    for split in SPLITS:
+        if len(dd[split]) == 0:
+            raise UserError(f"the {split} split is empty; give it at least one example")
+    if spec.max_train_examples:
+        dd["train"] = dd["train"].select(range(min(spec.max_train_examples, len(dd["train"]))))
+    if spec.max_eval_examples:
+        for split in ("validation", "test"):
+            dd[split] = dd[split].select(range(min(spec.max_eval_examples, len(dd[split]))))
+    return dd

