@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 from torch import nn
@@ -22,6 +23,11 @@ class LoraParams(Params):
     use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA")
     use_rslora: bool = Field(False, description="rsLoRA: scale alpha/sqrt(r) instead of alpha/r")
     bias: Literal["none", "all", "lora_only"] = "none"
+
+    other_names: ClassVar[dict[str, str]] = {
+        "rank": "r", "lora_r": "r", "lora_rank": "r", "lora_alpha": "alpha",
+        "lora_dropout": "dropout", "targets": "target_modules", "dora": "use_dora", "rslora": "use_rslora",
+    }
 
 
 @register
@@ -53,12 +59,19 @@ class AdaLoraParams(Params):
     delta_t: int = Field(1, ge=1, description="steps between re-allocations")
     orth_reg_weight: float = Field(0.5, ge=0.0)
 
+    other_names: ClassVar[dict[str, str]] = {
+        "r": "init_r", "rank": "init_r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+        "targets": "target_modules", "deltaT": "delta_t", "deltat": "delta_t",
+    }
+
     @model_validator(mode="after")
     def _check(self) -> AdaLoraParams:
         if self.target_r > self.init_r:
-            raise ValueError("target_r must not exceed init_r")
+            raise ValueError(f"target_r ({self.target_r}) must not exceed init_r ({self.init_r})")
         if self.tinit + self.tfinal >= 1.0:
-            raise ValueError("tinit + tfinal must be below 1 (shares of the step budget)")
+            raise ValueError(
+                f"tinit + tfinal ({self.tinit} + {self.tfinal}) must be below 1 (they are shares of the step budget)"
+            )
         return self
 
 
@@ -82,6 +95,14 @@ class AdaLora(PeftMethod):
             lora_dropout=p.dropout, target_modules=p.target_modules, tinit=tinit, tfinal=tfinal,
             deltaT=p.delta_t, orth_reg_weight=p.orth_reg_weight, total_step=ctx.total_steps,
         )
+
+    def load(self, model: nn.Module, src: Path) -> nn.Module:
+        model = super().load(model, src)
+        # peft 0.21: a loaded (inference-mode) AdaLoRA model lacks trainable_adapter_name, and
+        # its forward crashes whenever labels are given; name the adapter as training did.
+        if not hasattr(model.base_model, "trainable_adapter_name"):
+            model.base_model.trainable_adapter_name = model.active_adapter
+        return model
 
     def on_step(self, model: nn.Module, step: int) -> None:
         # HF Trainer never calls this; without it AdaLoRA is plain LoRA with extra parameters.

@@ -48,6 +48,28 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: np.random.G
     return batches
 
 
+# Families whose position ids start after the padding index (RoBERTa's scheme): they take
+# max_position_embeddings - (pad_token_id + 1) tokens.
+PADDING_OFFSET_POSITIONS = {
+    "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "mpnet", "ibert", "data2vec-text",
+    "xmod", "roberta-prelayernorm",
+}
+
+
+def position_limit(tok: Any, config: Any) -> int | None:
+    """How many tokens the model takes, or None when it does not say (relative positions)."""
+    limits = []
+    n = getattr(tok, "model_max_length", None)
+    if isinstance(n, int) and 0 < n < 1_000_000:  # unset tokenizers report a huge number
+        limits.append(n)
+    pos = getattr(config, "max_position_embeddings", None)
+    if isinstance(pos, int) and pos > 0 and getattr(config, "position_biased_input", True):
+        if getattr(config, "model_type", "") in PADDING_OFFSET_POSITIONS:
+            pos -= (getattr(config, "pad_token_id", None) or 0) + 1
+        limits.append(pos)
+    return min(limits) if limits else None
+
+
 @register
 class Classification(Task):
     kind = "classification"
@@ -69,6 +91,13 @@ class Classification(Task):
                         f"{role} column '{col}' is missing from the {split} split (columns: {', '.join(cols)}); "
                         f"pass {flag} NAME"
                     )
+        for split in SPLITS:
+            odd = next((v for v in dd[split][d.label_column] if isinstance(v, (list, dict))), None)
+            if odd is not None:
+                raise UserError(
+                    f"label column '{d.label_column}' in {split} holds lists or objects (e.g. {odd!r}); "
+                    "each label must be one string or number"
+                )
         self.labels = self._label_names(dd["train"])
         if len(self.labels) < 2:
             raise UserError(
@@ -84,13 +113,21 @@ class Classification(Task):
                 raise UserError(
                     f"{split} split has labels not seen in train: {', '.join(unknown[:5])}; fix the labels or the split"
                 )
-            texts = list(dd[split][d.text_column])
-            if any(not isinstance(t, str) for t in texts):
-                raise UserError(f"text column '{d.text_column}' in {split} holds empty or non-text values; clean the data")
-            cols = {"text": texts, "label": [index[v] for v in raw]}
+            cols = {"text": self._texts(dd[split], d.text_column, split, "text"), "label": [index[v] for v in raw]}
             if d.text_pair_column:
-                cols["text_pair"] = list(dd[split][d.text_pair_column])
+                cols["text_pair"] = self._texts(dd[split], d.text_pair_column, split, "text pair")
             self.splits[split] = cols
+
+    @staticmethod
+    def _texts(ds: Dataset, column: str, split: str, role: str) -> list[str]:
+        texts = list(ds[column])
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise UserError(
+                f"{role} column '{column}' in {split} holds empty or non-text values (e.g. {texts[bad]!r}); "
+                "clean the data or pick another column"
+            )
+        return texts
 
     def _label_names(self, ds: Dataset) -> list[str]:
         feat = ds.features.get(self.spec.data.label_column)
@@ -121,6 +158,7 @@ class Classification(Task):
                 f"model '{spec.name}' ({config.model_type}) is not an encoder text model; "
                 "classification here takes BERT-like encoders (other families arrive with their task support)"
             )
+        self.max_length = self._max_length(spec, tok, config)
         n = len(self.labels)
         model = load_pretrained(
             AutoModelForSequenceClassification, spec, num_labels=n, ignore_mismatched_sizes=True,  # new head
@@ -134,10 +172,27 @@ class Classification(Task):
         self._collate = DataCollatorWithPadding(tok, pad_to_multiple_of=PAD_MULTIPLE, return_tensors="pt")
         return model, tok
 
+    def _max_length(self, spec: ModelSpec, tok: Any, config: Any) -> int:
+        """The truncation length: the configured one, which the model must be able to take.
+
+        An explicit max_length beyond the model's positions is refused (it would fail mid-run
+        on the first long text); the default is lowered to the model's limit instead.
+        """
+        limit = position_limit(tok, config)
+        want = self.spec.max_length
+        if limit is None or want <= limit:
+            return want
+        if "max_length" in self.spec.model_fields_set:
+            raise UserError(
+                f"max length {want} is more than model '{spec.name}' takes ({limit} tokens); "
+                f"pass --max-length {limit} or less"
+            )
+        return limit
+
     def _encode(self, split: str) -> list[dict[str, Any]]:
         if split not in self._encoded:
             cols = self.splits[split]
-            enc = self.tokenizer(cols["text"], cols.get("text_pair"), truncation=True, max_length=self.spec.max_length)
+            enc = self.tokenizer(cols["text"], cols.get("text_pair"), truncation=True, max_length=self.max_length)
             keys = list(enc.keys())
             self._encoded[split] = [
                 {**{k: enc[k][i] for k in keys}, "labels": y} for i, y in enumerate(cols["label"])
@@ -175,4 +230,5 @@ class Classification(Task):
         return EvalResult(metrics=metrics, predictions=preds, references=refs, examples=len(rows))
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "labels": self.labels, "sizes": {s: len(c["label"]) for s, c in self.splits.items()}}
+        return {"kind": self.kind, "labels": self.labels, "sizes": {s: len(c["label"]) for s, c in self.splits.items()},
+                "max_length": getattr(self, "max_length", self.spec.max_length)}
