@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -21,7 +22,7 @@ from peftbench.errors import UserError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune with PEFT methods and compare them fairly.")
 results_app = typer.Typer(help="List and show stored runs.", invoke_without_command=True)
 app.add_typer(results_app, name="results")
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 120)  # pipes and logs get the whole table
 err = Console(stderr=True)
 
 DEFAULT_METHODS = "base,head,full,lora,ia3,prompt"
@@ -257,6 +258,13 @@ def results_show(
     out.print_json(json.dumps(doc))
 
 
+def _limit(meta: Any) -> str:
+    for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("min_length", "len>=")):
+        if getattr(meta, attr, None) is not None:
+            return f"{sign}{getattr(meta, attr)}"
+    return ""
+
+
 @app.command("methods")
 @friendly
 def methods_cmd(json_out: bool = Opt(False, "--json", help="Print as JSON.")) -> None:
@@ -269,7 +277,7 @@ def methods_cmd(json_out: bool = Opt(False, "--json", help="Print as JSON.")) ->
     for name, cls in REGISTRY.items():
         hp = {}
         for key, f in cls.Params.model_fields.items():
-            limits = " ".join(str(m) for m in f.metadata)
+            limits = " ".join(_limit(m) for m in f.metadata)
             hp[key] = {"default": f.default, "type": str(f.annotation).replace("typing.", ""),
                        "limits": limits, "help": f.description or ""}
         docs.append({"method": name, "summary": cls.summary, "default_lr": cls.default_lr,

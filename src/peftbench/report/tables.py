@@ -12,7 +12,7 @@ from peftbench.store import RunRow
 def human(n: float, unit: str = "") -> str:
     for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= scale:
-            return f"{n / scale:.2f} {suffix}{unit}".rstrip()
+            return f"{n / scale:.3g} {suffix}{unit}".rstrip()
     return f"{n:.0f} {unit}".rstrip()
 
 
@@ -31,7 +31,7 @@ def summary(row: RunRow) -> dict[str, Any]:
 
 def compare_table(rows: list[RunRow], title: str = "peftbench compare") -> Table:
     table = Table(title=title)
-    for col in ("method", "trainable %", "test acc", "test macro-F1", "train FLOPs", "train s", "peak mem", "adapter"):
+    for col in ("method", "trainable %", "test acc", "test macro-F1", "train FLOPs", "train s", "peak memory", "adapter"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for row in rows:
         s = summary(row)

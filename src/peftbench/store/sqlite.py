@@ -15,6 +15,7 @@ import shutil
 import socket
 import sqlite3
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ class Store:
 
     # -- writing ---------------------------------------------------------------------
     def begin(self, config_hash: str, config: dict[str, Any], method: str, model: str, task: str) -> str:
-        run_id = f"{config_hash}-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid() % 100000:05d}"
+        run_id = f"{config_hash[:8]}-{uuid.uuid4().hex[:6]}"  # short enough to type
         self.db.execute(
             "INSERT INTO runs(run_id, config_hash, status, method, model, task, created, pid, host, config) "
             "VALUES (?,?,?,?,?,?,?,?,?,?)",
