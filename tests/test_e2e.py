@@ -26,7 +26,7 @@ def test_compare_on_real_minilm(tmp_path: Path) -> None:
     assert set(rows) == {"base", "lora"}
     base, lora = rows["base"], rows["lora"]
     assert lora["test_macro_f1"] > base["test_macro_f1"] + 0.1  # 30 steps of LoRA clearly learn
-    assert 0 < lora["trainable_pct"] < 1 and base["train_flops"] == 0 < lora["train_flops"]
+    assert 0 < lora["trainable_pct"] < 5 and base["train_flops"] == 0 < lora["train_flops"]
     assert lora["adapter_bytes"] > 10_000 and lora["peak_memory_bytes"] > 100e6
 
     table = CliRunner().invoke(app, args, catch_exceptions=False)  # already done: both skipped

@@ -12,14 +12,39 @@ from typing import Any, Callable, Optional
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer
+import typer.core
+
+try:  # typer >= 0.20 bundles its own copy of click
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import UsageError
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from peftbench.config import deep_merge, load_yaml, parse_config
 from peftbench.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune with PEFT methods and compare them fairly.")
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Usage errors (a flag of the wrong type, a missing argument) as one line, exit 2."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except UsageError as e:
+            where = f"; see: {e.ctx.command_path} --help" if e.ctx else ""
+            err.print(f"[bold red]error:[/] {escape(e.format_message().rstrip('.'))}{where}", highlight=False, soft_wrap=True)
+            raise SystemExit(2) from None
+        except typer.Abort:  # Ctrl-C
+            raise SystemExit(130) from None
+        raise SystemExit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True,
+                  help="Fine-tune with PEFT methods and compare them fairly.")
 results_app = typer.Typer(help="List and show stored runs.", invoke_without_command=True)
 app.add_typer(results_app, name="results")
 out = Console(width=None if sys.stdout.isatty() else 120)  # pipes and logs get the whole table
@@ -37,35 +62,50 @@ def friendly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
 
 
 class BarReporter:
-    """Training progress bar plus one line per validation point, on stderr."""
+    """Progress bars for training and evaluation, one line per validation point; on stderr."""
 
     def __init__(self, label: str) -> None:
         self.label = label
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=err, transient=True)
-        self.task: Any = None
+        self.bars: dict[str, Any] = {}
+        self.started = False  # started on first use, so a refusal prints nothing but its line
+
+    def _bar(self, name: str, done: int, total: int) -> None:
+        if not self.started:
+            self.progress.start()
+            self.started = True
+        if name not in self.bars:
+            self.bars[name] = self.progress.add_task(f"{name} {self.label}", total=total)
+        self.progress.update(self.bars[name], completed=done, total=total)
+        if done >= total:
+            self.progress.remove_task(self.bars.pop(name))
 
     def start(self, total_steps: int) -> None:
-        self.progress.start()
-        self.task = self.progress.add_task(f"train {self.label}", total=total_steps)
+        self.total_steps = total_steps
 
     def step(self, step: int, loss: float | None) -> None:
-        self.progress.update(self.task, completed=step)
-        if step == self.progress.tasks[0].total:
-            self.progress.stop()
+        self._bar("train", step, self.total_steps)
+
+    def evaluating(self, split: str, done: int, total: int) -> None:
+        self._bar(f"eval {split}", done, total)
 
     def evaluated(self, point: Any) -> None:
         m = point.metrics
         self.progress.console.print(
             f"  {self.label} step {point.step}: val macro-F1 {m.get('macro_f1', float('nan')):.4f} "
             f"acc {m.get('accuracy', float('nan')):.4f} loss {m['loss']:.4f}", highlight=False)
+
+    def close(self) -> None:
+        if self.started:
+            self.progress.stop()
 
 
 def _params(items: list[str]) -> dict[str, Any]:
@@ -74,7 +114,13 @@ def _params(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise UserError(f"--param '{item}' must look like KEY=VALUE (e.g. --param r=16)")
         k, v = item.split("=", 1)
-        params[k.strip()] = yaml.safe_load(v)
+        try:
+            params[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            raise UserError(
+                f"--param '{item}': the value is not valid YAML; check its brackets and quotes "
+                "(e.g. --param 'target_modules=[query, value]')"
+            ) from None
     return params
 
 
@@ -122,7 +168,10 @@ def _execute(raw: dict, results_dir: Path, force: bool):
 
     cfg = parse_config(raw)
     reporter = BarReporter(cfg.method.name)
-    return run(cfg, results_dir, force=force, reporter=reporter, log=lambda s: err.print(s, highlight=False))
+    try:
+        return run(cfg, results_dir, force=force, reporter=reporter, log=lambda s: reporter.progress.console.print(s, highlight=False))
+    finally:
+        reporter.close()
 
 
 @app.command("run")
@@ -149,7 +198,7 @@ def run_cmd(
     epochs: Optional[float] = Opt(None, help="Budget in epochs (default 1)."),
     batch_size: Optional[int] = Opt(None, help="Training batch size."),
     grad_accum: Optional[int] = Opt(None, help="Gradient accumulation steps."),
-    eval_every: Optional[int] = Opt(None, help="Validate every N steps (default: 5 points per run)."),
+    eval_every: Optional[int] = Opt(None, help="Validate every N steps (default: 4 points per run)."),
     seed: Optional[int] = Opt(None, help="Random seed."),
     results_dir: Path = Opt(RESULTS_DIR, help="Results folder (SQLite + run folders)."),
     force: bool = Opt(False, help="Re-run even if this exact config already finished."),

@@ -63,7 +63,7 @@ class TrainSpec(Spec):
     warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.01, ge=0.0)
     max_grad_norm: float | None = Field(1.0, gt=0.0)
-    eval_every: int | None = Field(None, ge=1)  # None: about 5 points per run
+    eval_every: int | None = Field(None, ge=1)  # None: 4 points per run
     select_metric: Literal["macro_f1", "accuracy", "loss"] = "macro_f1"
     seed: int = 0
 
@@ -104,7 +104,10 @@ def explain(err: ValidationError, model: type[BaseModel], where: str = "config")
         known = _fields_at(model, loc)
         hint = suggest(str(loc[-1]), known) or f" (known keys: {', '.join(known)})"
         return UserError(f"unknown {where} key '{key}'{hint}; fix or remove it")
-    return UserError(f"bad {where} value for '{key}': {e['msg']} (got {e.get('input')!r})")
+    msg = str(e["msg"]).removeprefix("Value error, ")  # our validators word their message fully
+    if not loc:  # a check across several keys
+        return UserError(f"bad {where}: {msg}")
+    return UserError(f"bad {where} value for '{key}': {msg} (got {e.get('input')!r})")
 
 
 def parse_config(data: dict[str, Any]) -> RunConfig:

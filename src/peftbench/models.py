@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from peftbench.config import DEFAULT_MODEL, ModelSpec
 from peftbench.errors import UserError
 
@@ -28,6 +30,8 @@ def resolve(spec: ModelSpec) -> str:
     # Hub ids are "name" or "org/name"; anything else that looks like a path is local.
     looks_local = spec.name.startswith((".", "/", "~")) or spec.name.count("/") > 1
     path = Path(spec.name).expanduser()
+    if path.is_file():
+        raise UserError(f"model path '{path}' is a file; point --model at the folder of a saved Hugging Face model")
     if path.exists():
         if not (path / "config.json").is_file():
             raise UserError(f"model folder '{path}' has no config.json; point --model at a saved Hugging Face model folder")
@@ -44,16 +48,20 @@ def load_pretrained(auto_cls: Any, spec: ModelSpec, **kwargs: Any) -> Any:
         return auto_cls.from_pretrained(
             name, revision=spec.revision, trust_remote_code=spec.trust_remote_code, **kwargs
         )
-    except OSError as err:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        why = " and the hub is offline (HF_HUB_OFFLINE=1)" if offline else ""
-        raise UserError(
-            f"cannot load model '{spec.name}'{why}: {str(err).splitlines()[0][:160]}; "
-            "give a local model folder or a reachable hub id"
-        ) from None
-    except ValueError as err:
-        if "trust_remote_code" in str(err):
+    except (OSError, ValueError, KeyError, TypeError, ImportError, SafetensorError) as err:
+        # Everything from_pretrained raises for a model it cannot use: missing or corrupt
+        # files, an unknown architecture, a tokenizer needing an extra package.
+        if isinstance(err, ValueError) and "trust_remote_code" in str(err):
             raise UserError(
                 f"model '{spec.name}' needs its own code; re-run with --trust-remote-code if you trust it"
             ) from None
-        raise
+        local = Path(name).exists()
+        offline = not local and os.environ.get("HF_HUB_OFFLINE") == "1"
+        why = " and the hub is offline (HF_HUB_OFFLINE=1)" if offline else ""
+        fix = "check the model folder's files" if local else "give a local model folder or a reachable hub id"
+        raise UserError(f"cannot load model '{spec.name}'{why}: {_one_line(err)}; {fix}") from None
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()).rstrip(".") or type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -102,7 +102,8 @@ def run(
             f"{total_steps} steps, lr {cfg.train.lr}")
         out = train(model, method, task, cfg.train, cfg.train.lr, total_steps, device, meter, eval_meter, reporter)
         t0 = time.perf_counter()
-        test = task.evaluate(model, "test", cfg.train.eval_batch_size, eval_meter)  # scored once, here
+        test = task.evaluate(model, "test", cfg.train.eval_batch_size, eval_meter,  # scored once, here
+                             lambda done, total: reporter.evaluating("test", done, total))
         test_seconds = time.perf_counter() - t0
         peak, peak_kind = peak_bytes(device)
         method.save(model, staged / "adapter")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
@@ -17,6 +17,26 @@ class Params(BaseModel):
     """Hyper-parameters of a method; unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
+    # Names other libraries or papers use for a hyper-parameter (peft's lora_alpha, "rank"):
+    # too far from ours for a spelling match, so an unknown key is looked up here first.
+    other_names: ClassVar[dict[str, str]] = {}
+
+
+def _message(e: Any) -> str:
+    """pydantic's message without its 'Value error, ' prefix (our validators word it fully)."""
+    return str(e["msg"]).removeprefix("Value error, ")
+
+
+def _type_name(t: Any) -> str:
+    if t is type(None):
+        return "null"
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    if t in names:
+        return names[t]
+    args = get_args(t)
+    if getattr(t, "__origin__", None) is list:
+        return f"a list of {_type_name(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    return str(t).replace("typing.", "")
 
 
 @dataclass
@@ -41,18 +61,39 @@ class Method:
 
     @classmethod
     def validate(cls, params: dict[str, Any]) -> Any:
+        if not isinstance(params, dict):
+            raise UserError(
+                f"{cls.name} hyper-parameters must be a mapping of KEY: VALUE (got {params!r}); "
+                "use --param KEY=VALUE or method: params: in the config"
+            )
         try:
             return cls.Params.model_validate(params)
         except ValidationError as err:
-            e = err.errors()[0]
-            key = ".".join(str(p) for p in e["loc"])
-            known = list(cls.Params.model_fields)
-            if e["type"] == "extra_forbidden":
-                hint = suggest(key, known) or (f" (known: {', '.join(known)})" if known else " (it takes none)")
-                raise UserError(f"method '{cls.name}' has no hyper-parameter '{key}'{hint}") from None
-            raise UserError(
-                f"bad value for {cls.name} hyper-parameter '{key}': {e['msg']} (got {e.get('input')!r})"
-            ) from None
+            raise cls._explain(err, params) from None
+
+    @classmethod
+    def _explain(cls, err: ValidationError, params: dict[str, Any]) -> UserError:
+        """One line naming the hyper-parameter, what is wrong, and the fix."""
+        errors = err.errors()
+        e = errors[0]
+        known = list(cls.Params.model_fields)
+        if not e["loc"]:  # a check across several hyper-parameters (a model validator)
+            return UserError(f"bad {cls.name} hyper-parameters: {_message(e)}; fix the --param values")
+        key = str(e["loc"][0])  # hyper-parameters are flat; deeper parts name union members
+        if e["type"] == "extra_forbidden":
+            other = cls.Params.other_names.get(key)
+            hint = (f" (did you mean '{other}'?)" if other else suggest(key, known)) or (
+                f" (known: {', '.join(known)})" if known else " (it takes none)"
+            )
+            return UserError(f"method '{cls.name}' has no hyper-parameter '{key}'{hint}; see: peftbench methods")
+        if sum(1 for x in errors if x["loc"][:1] == (key,)) > 1:  # no member of a union fits
+            annotation = cls.Params.model_fields[key].annotation
+            problem = "Input should be " + " or ".join(_type_name(a) for a in get_args(annotation) or [annotation])
+        else:
+            problem = _message(e)
+        return UserError(
+            f"bad value for {cls.name} hyper-parameter '{key}': {problem} (got {params.get(key, e.get('input'))!r})"
+        )
 
     def normalized_params(self) -> dict[str, Any]:
         return self.params.model_dump(mode="json")
@@ -84,7 +125,7 @@ def module_suffixes(model: nn.Module) -> list[str]:
     return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ in kinds and n})
 
 
-def check_targets(model: nn.Module, targets: list[str] | str | None, method: str) -> None:
+def check_targets(model: nn.Module, targets: list[str] | str | None, method: str, key: str = "target modules") -> None:
     """Refuse target modules that match nothing, listing what exists."""
     if targets is None or targets == "all-linear":
         return
@@ -96,7 +137,7 @@ def check_targets(model: nn.Module, targets: list[str] | str | None, method: str
         missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
         raise UserError(
-            f"{method} target modules {', '.join(missing)} match nothing in this model; "
+            f"{method} {key} {', '.join(missing)} match nothing in this model; "
             f"layers that exist: {', '.join(module_suffixes(model))}"
         )
 

@@ -42,7 +42,7 @@ class Base(Method):
 class Head(Base):
     name = "head"
     summary = "Train only the task head; the backbone stays frozen"
-    default_lr = 2e-3
+    default_lr = 5e-2  # a linear probe on frozen features takes a large step
     trains = True
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
@@ -56,7 +56,7 @@ class Head(Base):
 class Full(Method):
     name = "full"
     summary = "Full fine-tuning: every parameter trains"
-    default_lr = 5e-5
+    default_lr = 1e-4
     can_merge = True  # nothing to merge: the saved model is already plain
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:

@@ -19,7 +19,9 @@ class LoraParams(Params):
     r: int = Field(8, ge=1, le=1024, description="rank of the update")
     alpha: float = Field(16.0, gt=0, description="scaling numerator: update is (alpha/r)·BA")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA input")
-    target_modules: Targets = Field(None, description="layer names, a regex, 'all-linear', or null for the model's default")
+    target_modules: Targets = Field(
+        "all-linear", description="layer names, a regex, 'all-linear' (every linear layer but the head), or null for peft's per-model default"
+    )
     use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA")
     use_rslora: bool = Field(False, description="rsLoRA: scale alpha/sqrt(r) instead of alpha/r")
     bias: Literal["none", "all", "lora_only"] = "none"
@@ -35,7 +37,7 @@ class Lora(PeftMethod):
     name = "lora"
     summary = "Low-rank update BA added to target layers (Hu et al. 2021); DoRA and rsLoRA switches"
     Params = LoraParams
-    default_lr = 1e-3
+    default_lr = 2e-3
     can_merge = True
 
     def peft_config(self, ctx: Context):
@@ -80,7 +82,7 @@ class AdaLora(PeftMethod):
     name = "adalora"
     summary = "LoRA whose rank budget is re-allocated across layers during training (Zhang et al. 2023)"
     Params = AdaLoraParams
-    default_lr = 1e-3
+    default_lr = 2e-3
     can_merge = True
 
     def peft_config(self, ctx: Context):

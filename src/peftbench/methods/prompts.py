@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -14,6 +14,8 @@ class PrefixParams(Params):
     num_virtual_tokens: int = Field(20, ge=1, le=512)
     prefix_projection: bool = Field(False, description="reparametrize the prefix through an MLP")
     encoder_hidden_size: int | None = Field(None, ge=1, description="MLP width when prefix_projection is on")
+
+    other_names: ClassVar[dict[str, str]] = {"prefix_length": "num_virtual_tokens", "length": "num_virtual_tokens"}
 
 
 @register
@@ -38,13 +40,18 @@ class PromptParams(Params):
     init: Literal["random", "text"] = Field("text", description="initialise from the embedding of init_text, or randomly")
     init_text: str = Field("Classify this text:", min_length=1)
 
+    other_names: ClassVar[dict[str, str]] = {
+        "prompt_length": "num_virtual_tokens", "length": "num_virtual_tokens", "prompt_tuning_init": "init",
+        "prompt_tuning_init_text": "init_text",
+    }
+
 
 @register
 class Prompt(PeftMethod):
     name = "prompt"
     summary = "Trainable soft-prompt embeddings prepended to the input"
     Params = PromptParams
-    default_lr = 3e-2
+    default_lr = 1e-1
 
     def peft_config(self, ctx: Context):
         from peft import PromptTuningConfig, PromptTuningInit

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -44,8 +44,11 @@ class Task(ABC):
         """Endless shuffled training batches, reshuffled each epoch from the seed."""
 
     @abstractmethod
-    def evaluate(self, model: nn.Module, split: str, batch_size: int, flops: Any = None) -> EvalResult:
-        """Score a split; forward FLOPs go to `flops` (an eval meter) when given."""
+    def evaluate(
+        self, model: nn.Module, split: str, batch_size: int, flops: Any = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> EvalResult:
+        """Score a split; forward FLOPs go to `flops` (an eval meter); progress(done, total)."""
 
     @property
     @abstractmethod

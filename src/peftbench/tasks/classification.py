@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -208,7 +208,10 @@ class Classification(Task):
                 yield self._collate([rows[j] for j in idx])
 
     @torch.inference_mode()
-    def evaluate(self, model: nn.Module, split: str, batch_size: int, flops: Any = None) -> EvalResult:
+    def evaluate(
+        self, model: nn.Module, split: str, batch_size: int, flops: Any = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> EvalResult:
         rows = self._encode(split)
         device = next(model.parameters()).device
         was_training = model.training
@@ -223,6 +226,8 @@ class Classification(Task):
             loss_sum += float(out.loss) * len(idx)
             for j, p in zip(idx, out.logits.argmax(-1).tolist()):
                 preds[j] = p
+            if progress:
+                progress(i + len(idx), len(rows))
         model.train(was_training)
         refs = [r["labels"] for r in rows]
         metrics = classification_metrics(refs, preds)

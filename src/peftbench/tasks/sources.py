@@ -7,10 +7,12 @@ split is carved from train with a fixed seed, so every method and seed sees the 
 from __future__ import annotations
 
 import json
+import math
 from importlib import resources
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 from datasets import Dataset, DatasetDict
 
 from peftbench.config import DataSpec
@@ -32,6 +34,8 @@ def builtin_dir(name: str) -> Path:
 
 def read_file(path: Path) -> Dataset:
     """Read one CSV / JSON / JSONL / Parquet file; malformed input names its line."""
+    if path.is_dir():
+        raise UserError(f"data file '{path}' is a folder, not a file; give a file (or pass the folder with --data)")
     if not path.is_file():
         raise UserError(f"data file '{path}' does not exist; check the path")
     fmt = SUFFIXES.get(path.suffix.lower())
@@ -39,26 +43,65 @@ def read_file(path: Path) -> Dataset:
         raise UserError(f"data file '{path}' has an unknown type; use .csv, .json, .jsonl or .parquet")
     try:
         if fmt == "csv":
-            df = pd.read_csv(path)
+            try:
+                df = pd.read_csv(path)
+            except pd.errors.EmptyDataError:  # a 0-byte file: an empty split, reported as such
+                df = pd.DataFrame()
         elif fmt == "parquet":
             df = pd.read_parquet(path)
         else:
             df = pd.DataFrame(_read_json_records(path))
+        return Dataset.from_pandas(df, preserve_index=False)
     except UserError:
         raise
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as err:
-        raise UserError(f"cannot read data file '{path}': {str(err).splitlines()[0][:200]}; fix the file") from None
-    return Dataset.from_pandas(df, preserve_index=False)
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"cannot read data file '{path}': it is not UTF-8 text (bad byte at offset {err.start}); save it as UTF-8"
+        ) from None
+    except (pd.errors.ParserError, ValueError, TypeError, OSError, pa.ArrowException) as err:
+        # ArrowException: values pyarrow cannot put in one typed column (ArrowInvalid is also a ValueError)
+        raise UserError(f"cannot read data file '{path}': {_one_line(err)}; fix the file") from None
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _kind(value: object) -> str | None:
+    """A JSON value's kind, for refusing columns that mix kinds (None: missing, fits any)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "text", list: "list", dict: "object"}.get(type(value), type(value).__name__)
 
 
 def _read_json_records(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+    """Records of a JSON array, a single JSON object, or JSON Lines; each mistake names its line."""
+    text = path.read_text(encoding="utf-8-sig")
+    rows: list | None = None
+    where: list[str] = []  # "line N" / "record N" for each row, for messages
+    if path.suffix.lower() == ".json":
         try:
-            rows = json.loads(text)
+            doc = json.loads(text) if text.strip() else []
         except json.JSONDecodeError as err:
-            raise UserError(f"data file '{path}' is not valid JSON at line {err.lineno}: {err.msg}; fix that line") from None
-    else:  # JSON Lines (also accepted under .json)
+            if err.msg != "Extra data":  # "Extra data": several values, so JSON Lines under .json
+                raise UserError(
+                    f"data file '{path}' is not valid JSON at line {err.lineno}: {err.msg}; fix that line"
+                ) from None
+        else:
+            if isinstance(doc, dict):
+                doc = [doc]
+            if not isinstance(doc, list):
+                raise UserError(
+                    f"data file '{path}' holds a JSON {type(doc).__name__}; give a list of records "
+                    "([{...}, ...]) or JSON Lines (one {...} per line)"
+                )
+            rows, where = doc, [f"record {i}" for i in range(1, len(doc) + 1)]
+    if rows is None:  # JSON Lines
         rows = []
         for no, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -67,8 +110,24 @@ def _read_json_records(path: Path) -> list[dict]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
                 raise UserError(f"data file '{path}' line {no} is not valid JSON ({err.msg}); fix or remove that line") from None
-    if not all(isinstance(r, dict) for r in rows):
-        raise UserError(f"data file '{path}' must hold one JSON object per record")
+            where.append(f"line {no}")
+    first_seen: dict[str, tuple[str, str]] = {}  # column -> (kind, where)
+    for row, at in zip(rows, where):
+        if not isinstance(row, dict):
+            got = _kind(row) or "null"
+            raise UserError(
+                f"data file '{path}' {at} is a JSON {got}, not a JSON object; make each record one {{...}} object"
+            )
+        for col, value in row.items():
+            kind = _kind(value)
+            if kind is None:
+                continue
+            seen = first_seen.setdefault(col, (kind, at))
+            if seen[0] != kind:
+                raise UserError(
+                    f"data file '{path}' column '{col}' mixes value types ({seen[0]} at {seen[1]}, {kind} at {at}); "
+                    "give every value of a column the same type (e.g. quote numbers as strings)"
+                )
     return rows
 
 

@@ -25,12 +25,14 @@ from peftbench.train import optim
 class Reporter(Protocol):
     def start(self, total_steps: int) -> None: ...
     def step(self, step: int, loss: float | None) -> None: ...
+    def evaluating(self, split: str, done: int, total: int) -> None: ...
     def evaluated(self, point: EvalPoint) -> None: ...
 
 
 class Quiet:
     def start(self, total_steps: int) -> None: ...
     def step(self, step: int, loss: float | None) -> None: ...
+    def evaluating(self, split: str, done: int, total: int) -> None: ...
     def evaluated(self, point: EvalPoint) -> None: ...
 
 
@@ -77,7 +79,8 @@ def train(
     def validate(step: int, train_loss: float | None) -> EvalPoint:
         nonlocal eval_seconds
         t0 = time.perf_counter()
-        res = task.evaluate(model, "validation", spec.eval_batch_size, eval_meter)
+        res = task.evaluate(model, "validation", spec.eval_batch_size, eval_meter,
+                            lambda done, total: reporter.evaluating("validation", done, total))
         eval_seconds += time.perf_counter() - t0
         point = EvalPoint(step, tokens, meter.total, train_seconds, train_loss, res.metrics)
         reporter.evaluated(point)
@@ -90,7 +93,7 @@ def train(
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = optim.build(model, spec, lr, total_steps)
-    eval_every = spec.eval_every or max(1, total_steps // 4)
+    eval_every = spec.eval_every or math.ceil(total_steps / 4)  # 4 points, the last at the end
     batches = task.train_batches(spec.batch_size, spec.seed)
     curve: list[EvalPoint] = []
     best: tuple[int, float | None, dict[str, torch.Tensor] | None] = (0, None, None)
