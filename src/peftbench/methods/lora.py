@@ -18,7 +18,7 @@ Targets = list[str] | str | None  # None: peft's per-architecture default; "all-
 class LoraParams(Params):
     r: int = Field(8, ge=1, le=1024, description="rank of the update")
     alpha: float = Field(16.0, gt=0, description="scaling numerator: update is (alpha/r)·BA")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA input")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA input (peft's default, 0)")
     target_modules: Targets = Field(
         "all-linear", description="layer names, a regex, 'all-linear' (every linear layer but the head), or null for peft's per-model default"
     )
