@@ -30,8 +30,8 @@ INTENDED = {
 }
 
 
-def build(raw: dict, method: str, steps: int = 6):
-    raw = {**raw, "method": {"name": method}, "train": {**raw["train"], "steps": steps}}
+def build(raw: dict, method: str, steps: int = 6, params: dict | None = None):
+    raw = {**raw, "method": {"name": method, "params": params or {}}, "train": {**raw["train"], "steps": steps}}
     cfg, m = normalize(parse_config(raw))
     task = get_task(cfg.task.kind)(cfg.task)
     task.load_data()
@@ -99,8 +99,8 @@ def test_adalora_reallocates_ranks_every_step(tiny_config: dict) -> None:
     assert e and any((p == 0).any() for p in e)
 
 
-def flops_of(tiny_config: dict, method: str) -> tuple[int, int]:
-    cfg, m, task, model = build(tiny_config, method)
+def flops_of(tiny_config: dict, method: str, params: dict | None = None) -> tuple[int, int]:
+    cfg, m, task, model = build(tiny_config, method, params=params)
     meter = FlopMeter()
     batch = next(task.train_batches(8, seed=0))
     model.train()
@@ -110,10 +110,11 @@ def flops_of(tiny_config: dict, method: str) -> tuple[int, int]:
 
 def test_backward_flops_lora_about_forward_full_about_twice(tiny_config: dict) -> None:
     f_fwd, f_bwd = flops_of(tiny_config, "full")
-    l_fwd, l_bwd = flops_of(tiny_config, "lora")
+    # r=1 keeps LoRA's own matmuls small beside the 32-wide layers, as r=8 is beside real widths.
+    l_fwd, l_bwd = flops_of(tiny_config, "lora", {"r": 1})
     assert 1.9 <= f_bwd / f_fwd <= 2.05  # grad wrt inputs and wrt weights
-    assert 0.7 <= l_bwd / l_fwd <= 1.15  # frozen weights: grad wrt inputs only
-    assert f_fwd < l_fwd < 1.2 * f_fwd  # LoRA adds a little forward work (r=8 of width 32 here)
+    assert 0.8 <= l_bwd / l_fwd <= 1.15  # frozen weights: grad wrt inputs only
+    assert f_fwd < l_fwd < 1.1 * f_fwd  # LoRA adds a little forward work
 
 
 def test_flop_meter_counts_each_shape_once(tiny_config: dict) -> None:
