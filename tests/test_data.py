@@ -77,3 +77,27 @@ def test_length_grouped_batches_cover_every_example_once() -> None:
     assert sorted(flat) == list(range(1000))
     spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches])
     assert spread < 10  # similar lengths in a batch: little padding
+
+
+def test_hub_dataset_path_maps_splits_and_classlabel_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hub is reachable here, so load_dataset is replaced by what the hub would return."""
+    import datasets
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    feats = Features({"sentence": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
+    rows = {"sentence": ["bad", "good", "awful", "great"] * 5, "label": [0, 1, 0, 1] * 5}
+    seen = {}
+
+    def fake_load_dataset(name: str, subset: str | None = None) -> DatasetDict:
+        seen.update(name=name, subset=subset)
+        return DatasetDict({"train": Dataset.from_dict(rows, features=feats),
+                            "dev": Dataset.from_dict(rows, features=feats),
+                            "test": Dataset.from_dict(rows, features=feats)})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    task = Classification(TaskSpec(data=DataSpec(source="someone/sst2", subset="default", text_column="sentence")))
+    task.load_data()
+    assert seen == {"name": "someone/sst2", "subset": "default"}
+    assert task.labels == ["neg", "pos"]
+    assert task.describe()["sizes"]["validation"] == 20  # "dev" is taken as validation, not carved
+    assert task.splits["train"]["label"][:2] == [0, 1]

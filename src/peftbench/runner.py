@@ -6,6 +6,7 @@ touched, so bad input leaves nothing behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import traceback
@@ -50,8 +51,6 @@ def normalize(cfg: RunConfig) -> tuple[RunConfig, Method]:
 
 def config_hash(cfg: RunConfig) -> str:
     """Hash of the normalized config plus major.minor of the numerics-relevant packages."""
-    import hashlib
-
     v = {k: ".".join(s.split(".")[:2]) for k, s in versions().items()}
     blob = json.dumps({"config": cfg.canonical(), "versions": v}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -62,7 +61,7 @@ def pick_device() -> torch.device:
 
 
 @dataclass
-class Outcome:
+class RunOutcome:
     row: RunRow
     skipped: bool
 
@@ -70,14 +69,14 @@ class Outcome:
 def run(
     cfg: RunConfig, results_dir: str | Path, force: bool = False, reporter: Reporter = Quiet(),
     log: Callable[[str], None] = lambda s: None,
-) -> Outcome:
+) -> RunOutcome:
     cfg, method = normalize(cfg)
     digest = config_hash(cfg)
     if Path(results_dir, "results.sqlite").exists() and not force:
         done = Store(results_dir).find_done(digest)
         if done:
             log(f"{cfg.method.name}: already done as {done.run_id} (use --force to re-run)")
-            return Outcome(done, skipped=True)
+            return RunOutcome(done, skipped=True)
 
     # -- everything below may still refuse bad input; nothing is stored yet ----------
     torch.manual_seed(cfg.train.seed)  # the task head's initialisation is part of the run
@@ -141,4 +140,4 @@ def run(
         raise
     row = store.get(run_id)
     store.close()
-    return Outcome(row, skipped=False)
+    return RunOutcome(row, skipped=False)

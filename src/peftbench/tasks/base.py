@@ -26,7 +26,6 @@ class EvalResult:
 class Task(ABC):
     kind: ClassVar[str]
     peft_task_type: ClassVar[str]  # peft's TaskType for get_peft_model
-    higher_is_better: ClassVar[dict[str, bool]] = {"loss": False}
 
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec

@@ -74,7 +74,6 @@ def position_limit(tok: Any, config: Any) -> int | None:
 class Classification(Task):
     kind = "classification"
     peft_task_type = "SEQ_CLS"
-    higher_is_better = {"loss": False, "accuracy": True, "macro_f1": True}
 
     labels: list[str]
     splits: dict[str, dict[str, list[Any]]]  # split -> column -> values

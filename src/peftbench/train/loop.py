@@ -47,7 +47,7 @@ class EvalPoint:
 
 
 @dataclass
-class Outcome:
+class TrainOutcome:
     steps: int
     tokens: int
     train_seconds: float
@@ -75,7 +75,7 @@ def better(metric: str, new: float, old: float | None) -> bool:
 def train(
     model: nn.Module, method: Method, task: Task, spec: TrainSpec, lr: float, total_steps: int,
     device: torch.device, meter: FlopMeter, eval_meter: FlopMeter, reporter: Reporter = Quiet(),
-) -> Outcome:
+) -> TrainOutcome:
     def validate(step: int, train_loss: float | None) -> EvalPoint:
         nonlocal eval_seconds
         t0 = time.perf_counter()
@@ -89,7 +89,7 @@ def train(
     tokens, train_seconds, eval_seconds = 0, 0.0, 0.0
     if not method.trains:
         point = validate(0, None)
-        return Outcome(0, 0, 0.0, eval_seconds, 0, [point])
+        return TrainOutcome(0, 0, 0.0, eval_seconds, 0, [point])
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = optim.build(model, spec, lr, total_steps)
@@ -130,4 +130,4 @@ def train(
             named = dict(model.named_parameters())
             for n, v in best[2].items():
                 named[n].copy_(v)
-    return Outcome(total_steps, tokens, train_seconds, eval_seconds, best[0], curve)
+    return TrainOutcome(total_steps, tokens, train_seconds, eval_seconds, best[0], curve)
