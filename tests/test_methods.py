@@ -125,3 +125,16 @@ def test_flop_meter_counts_each_shape_once(tiny_config: dict) -> None:
     once = meter.total
     meter.train_step(model, batch)
     assert meter.counted_shapes == 1 and meter.total == 2 * once
+
+
+def test_eval_forward_counts_attention_like_training(tiny_config: dict) -> None:
+    """With dropout off, CPU SDPA takes a fused kernel torch has no FLOP formula for; we add one."""
+    cfg, m, task, model = build(tiny_config, "lora")
+    batch = next(task.train_batches(8, seed=0))
+    train_meter, eval_meter = FlopMeter(), FlopMeter()
+    model.train()
+    train_meter.train_step(model, batch)
+    model.eval()
+    with torch.no_grad():
+        eval_meter.forward(model, batch)
+    assert eval_meter.forward_flops == train_meter.forward_flops

@@ -14,9 +14,30 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 Shape = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def _register_cpu_sdpa() -> None:
+    """Count CPU fused attention, which FlopCounterMode (torch 2.13) has no formula for.
+
+    With dropout off (evaluation, or models without attention dropout) CPU SDPA runs
+    _scaled_dot_product_flash_attention_for_cpu instead of bmm, and its FLOPs would count as 0.
+    """
+    aten = torch.ops.aten
+    pairs = [
+        ("_scaled_dot_product_flash_attention_for_cpu", flop_counter.sdpa_flop),
+        ("_scaled_dot_product_flash_attention_for_cpu_backward", flop_counter.sdpa_backward_flop),
+    ]
+    for name, formula in pairs:
+        op = getattr(aten, name, None)
+        if op is not None and op not in flop_counter.flop_registry:
+            flop_counter.register_flop_formula(op, get_raw=True)(formula)  # formula takes shapes already
+
+
+_register_cpu_sdpa()
 
 
 def shape_key(batch: dict[str, torch.Tensor]) -> Shape:
