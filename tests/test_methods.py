@@ -138,3 +138,17 @@ def test_eval_forward_counts_attention_like_training(tiny_config: dict) -> None:
     with torch.no_grad():
         eval_meter.forward(model, batch)
     assert eval_meter.forward_flops == train_meter.forward_flops
+
+
+def test_total_only_counter_matches_flop_counter_mode(tiny_config: dict) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from peftbench.measure.flops import counter
+
+    cfg, m, task, model = build(tiny_config, "lora")
+    batch = next(task.train_batches(8, seed=0))
+    with FlopCounterMode(display=False) as ref:
+        model(**batch).loss.backward()
+    with counter() as ours:
+        model(**batch).loss.backward()
+    assert ours.get_total_flops() == ref.get_total_flops() > 0
