@@ -27,6 +27,11 @@ INTENDED = {
     "ia3": rf"ia3_|{HEAD}",
     "prefix": rf"prompt_encoder|{HEAD}",
     "prompt": rf"prompt_encoder|{HEAD}",
+    "loha": rf"hada_|{HEAD}",
+    "lokr": rf"lokr_|{HEAD}",
+    "vera": rf"vera_lambda_|{HEAD}",
+    "ln_tuning": rf"ln_tuning_layers|{HEAD}",
+    "bitfit": rf"\.bias$|{HEAD}",
 }
 
 

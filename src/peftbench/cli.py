@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -353,6 +354,8 @@ def main() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()  # load reports are noise here; errors still show
+    # peft 0.21 calls a transformers 5 API deprecated for v6; users can do nothing about it.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     transformers.utils.logging.disable_progress_bar()
     app()
 

@@ -1,0 +1,50 @@
+"""LoHa and LoKr (LyCORIS: Hadamard and Kronecker low-rank updates), through peft."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from peftbench.methods import register
+from peftbench.methods.base import Context, Params, PeftMethod
+
+Targets = list[str] | str | None
+
+
+class LycorisParams(Params):
+    r: int = Field(8, ge=1, le=1024, description="rank of each factor")
+    alpha: float = Field(8.0, gt=0, description="scaling numerator (alpha/r)")
+    rank_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on rank dimensions while training")
+    module_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="chance to skip a layer's update while training")
+    target_modules: Targets = Field("all-linear", description="layer names, a regex, 'all-linear', or null for peft's default")
+
+
+@register
+class LoHa(PeftMethod):
+    name = "loha"
+    summary = "Update as the Hadamard product of two low-rank products (Hyeon-Woo et al. 2022)"
+    Params = LycorisParams
+    default_lr = 1e-2
+    can_merge = True
+
+    def peft_config(self, ctx: Context):
+        from peft import LoHaConfig
+
+        p = self.params
+        return LoHaConfig(task_type=ctx.peft_task_type, r=p.r, alpha=p.alpha, rank_dropout=p.rank_dropout,
+                          module_dropout=p.module_dropout, target_modules=p.target_modules)
+
+
+@register
+class LoKr(PeftMethod):
+    name = "lokr"
+    summary = "Update as a Kronecker product with a low-rank factor (Edalati et al. 2022)"
+    Params = LycorisParams
+    default_lr = 1e-2
+    can_merge = True
+
+    def peft_config(self, ctx: Context):
+        from peft import LoKrConfig
+
+        p = self.params
+        return LoKrConfig(task_type=ctx.peft_task_type, r=p.r, alpha=p.alpha, rank_dropout=p.rank_dropout,
+                          module_dropout=p.module_dropout, target_modules=p.target_modules)
