@@ -18,33 +18,33 @@ class LycorisParams(Params):
     target_modules: Targets = Field("all-linear", description="layer names, a regex, 'all-linear', or null for peft's default")
 
 
+class Lycoris(PeftMethod):
+    """LoHa and LoKr differ only in peft's config class."""
+
+    Params = LycorisParams
+    default_lr = 1e-2
+    can_merge = True
+    peft_config_name: str
+
+    def peft_config(self, ctx: Context):
+        import peft
+
+        p = self.params
+        return getattr(peft, self.peft_config_name)(
+            task_type=ctx.peft_task_type, r=p.r, alpha=p.alpha, rank_dropout=p.rank_dropout,
+            module_dropout=p.module_dropout, target_modules=p.target_modules,
+        )
+
+
 @register
-class LoHa(PeftMethod):
+class LoHa(Lycoris):
     name = "loha"
     summary = "Update as the Hadamard product of two low-rank products (Hyeon-Woo et al. 2022)"
-    Params = LycorisParams
-    default_lr = 1e-2
-    can_merge = True
-
-    def peft_config(self, ctx: Context):
-        from peft import LoHaConfig
-
-        p = self.params
-        return LoHaConfig(task_type=ctx.peft_task_type, r=p.r, alpha=p.alpha, rank_dropout=p.rank_dropout,
-                          module_dropout=p.module_dropout, target_modules=p.target_modules)
+    peft_config_name = "LoHaConfig"
 
 
 @register
-class LoKr(PeftMethod):
+class LoKr(Lycoris):
     name = "lokr"
     summary = "Update as a Kronecker product with a low-rank factor (Edalati et al. 2022)"
-    Params = LycorisParams
-    default_lr = 1e-2
-    can_merge = True
-
-    def peft_config(self, ctx: Context):
-        from peft import LoKrConfig
-
-        p = self.params
-        return LoKrConfig(task_type=ctx.peft_task_type, r=p.r, alpha=p.alpha, rank_dropout=p.rank_dropout,
-                          module_dropout=p.module_dropout, target_modules=p.target_modules)
+    peft_config_name = "LoKrConfig"
