@@ -23,7 +23,7 @@ class Prefix(PeftMethod):
     name = "prefix"
     summary = "Trainable key/value prefixes in every attention layer"
     Params = PrefixParams
-    default_lr = 1e-2
+    default_lr = 3e-2
 
     def peft_config(self, ctx: Context):
         from peft import PrefixTuningConfig
