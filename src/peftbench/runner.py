@@ -7,6 +7,7 @@ touched, so bad input leaves nothing behind.
 from __future__ import annotations
 
 import hashlib
+from contextlib import closing
 import json
 import time
 import traceback
@@ -73,7 +74,8 @@ def run(
     cfg, method = normalize(cfg)
     digest = config_hash(cfg)
     if Path(results_dir, "results.sqlite").exists() and not force:
-        done = Store(results_dir).find_done(digest)
+        with closing(Store(results_dir)) as existing:
+            done = existing.find_done(digest)
         if done:
             log(f"{cfg.method.name}: already done as {done.run_id} (use --force to re-run)")
             return RunOutcome(done, skipped=True)
@@ -138,6 +140,7 @@ def run(
     except BaseException as err:
         store.fail(run_id, "failed", "".join(traceback.format_exception_only(err)).strip(), staged)
         raise
-    row = store.get(run_id)
-    store.close()
-    return RunOutcome(row, skipped=False)
+    else:
+        return RunOutcome(store.get(run_id), skipped=False)
+    finally:
+        store.close()
