@@ -86,3 +86,19 @@ def has_bundled_model() -> bool:
     except ImportError:
         return False
     return True
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory):
+    """tiny_models("gpt2" | "llama" | "t5" | "bart" | "bert" | "vit") -> path of a tiny random model (built once)."""
+    from tiny_models import build
+
+    built: dict[str, str] = {}
+    root = tmp_path_factory.mktemp("tiny-models")
+
+    def get(arch: str) -> str:
+        if arch not in built:
+            built[arch] = build(arch, root / arch)
+        return built[arch]
+
+    return get

@@ -22,8 +22,9 @@ class Spec(BaseModel):
 
 
 class ModelSpec(Spec):
-    name: str = DEFAULT_MODEL  # hub id, local directory, or "default"
+    name: str = DEFAULT_MODEL  # hub id, local directory, "default" (MiniLM) or "smollm2"
     revision: str | None = None
+    gguf_file: str | None = None  # a GGUF file inside the folder/repo (dequantized on load)
     trust_remote_code: bool = False  # only ever True when the user asks
 
 
@@ -34,18 +35,55 @@ class DataSpec(Spec):
     train_file: str | None = None  # explicit per-split files override `source`
     validation_file: str | None = None
     test_file: str | None = None
-    text_column: str = "text"
+    # Column of each role; None: the built-in dataset's own name, else the task's default.
+    text_column: str | None = None  # the input text (tweet, dialogue, article, table)
     text_pair_column: str | None = None
-    label_column: str = "label"
+    label_column: str | None = None
+    target_column: str | None = None  # text to generate (summary, title, distractors)
+    references_column: str | None = None  # several reference targets per example, when the data has them
+    question_column: str | None = None
+    choices_column: str | None = None
+    answer_column: str | None = None
+    image_column: str | None = None
+    test_fraction: float | None = Field(None, gt=0.0, lt=0.9)  # carve test from train when there is none
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     max_train_examples: int | None = Field(None, ge=1)
     max_eval_examples: int | None = Field(None, ge=1)
 
 
+class GenerationSpec(Spec):
+    """Decoding for tasks scored on generated text.
+
+    Plain greedy decoding of small models falls into loops ("Ghana Ghana Ghana ..."). The
+    defaults stop them: a 1.2 repetition penalty on generated tokens (CTRL's value; the
+    prompt is exempt, so names can be copied from the source) and no 5-gram twice. A
+    3-gram ban would be too strict: "#Person1#" is four tokens, and a summary names it often.
+    """
+
+    max_new_tokens: int = Field(64, ge=1, le=4096)
+    num_beams: int = Field(1, ge=1, le=32)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0.0, le=10.0)
+    top_k: int = Field(50, ge=0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.2, ge=1.0, le=10.0)
+    no_repeat_ngram_size: int = Field(5, ge=0, le=32)
+
+
 class TaskSpec(Spec):
     kind: str = "classification"
     data: DataSpec = DataSpec()
-    max_length: int = Field(128, ge=8, le=8192)
+    max_length: int = Field(128, ge=8, le=8192)  # input tokens (prompt and source text)
+    max_target_length: int = Field(128, ge=1, le=4096)  # target tokens in training
+    prompt: str | None = None  # template with {input}, for decoder and seq2seq models; None: the task's
+    generation: GenerationSpec = GenerationSpec()
+    samples: int = Field(5, ge=0, le=100)  # test examples stored with untuned and tuned outputs
+
+    @model_validator(mode="after")
+    def _prompt_has_input(self) -> TaskSpec:
+        if self.prompt is not None and self.prompt.count("{input}") != 1:
+            raise ValueError("task.prompt must contain {input} exactly once, where the example's text goes")
+        return self
 
 
 class MethodSpec(Spec):
@@ -64,7 +102,8 @@ class TrainSpec(Spec):
     weight_decay: float = Field(0.01, ge=0.0)
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     eval_every: int | None = Field(None, ge=1)  # None: 4 points per run
-    select_metric: Literal["macro_f1", "accuracy", "loss"] = "macro_f1"
+    select_metric: str | None = None  # validation metric that picks the checkpoint; None: the task's
+    optimizer: Literal["adamw", "adafactor", "prodigy"] = "adamw"
     seed: int = 0
 
     @model_validator(mode="after")

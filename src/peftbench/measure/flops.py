@@ -97,6 +97,17 @@ class FlopMeter:
         self.forward_flops += self.cache[key][0]
         return out
 
+    def generate(self, model: nn.Module, batch: dict[str, torch.Tensor], **kwargs: Any) -> Any:
+        """model.generate with its FLOPs added; counted on every call, since each step's shapes differ."""
+        if not self.enabled:
+            return model.generate(**batch, **kwargs)
+        t0 = time.perf_counter()
+        with counter() as fc:
+            out = model.generate(**batch, **kwargs)
+        self.forward_flops += fc.get_total_flops()
+        self.counting_seconds += time.perf_counter() - t0
+        return out
+
     def train_step(self, model: nn.Module, batch: dict[str, torch.Tensor], scale: float = 1.0) -> torch.Tensor:
         """Forward + backward of one micro-batch; returns the (unscaled) loss, detached."""
         key = shape_key(batch)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, get_args
 
@@ -43,9 +43,11 @@ def _type_name(t: Any) -> str:
 class Context:
     """What a method may need to know to apply itself."""
 
-    peft_task_type: str
+    peft_task_type: str | None  # peft's TaskType; None where peft has none (multiple choice, images)
     model_name_or_path: str
     total_steps: int
+    family: str = "encoder"  # encoder | decoder | seq2seq | vision (models.family)
+    head_modules: list[str] = field(default_factory=list)  # new task head: trained by every method but base
 
 
 class Method:
@@ -98,6 +100,16 @@ class Method:
     def normalized_params(self) -> dict[str, Any]:
         return self.params.model_dump(mode="json")
 
+    def check(self, ctx: Context) -> None:
+        """Refuse (UserError) a model family or task this method cannot serve."""
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """Extra keyword arguments for the base model's from_pretrained (e.g. a quantization config).
+
+        Called before the model is loaded, so a method may refuse (UserError) here what it
+        can tell without the model (a missing GPU or package)."""
+        return {}
+
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         """Return the model to train, with exactly the intended parameters trainable."""
         raise NotImplementedError
@@ -111,12 +123,6 @@ class Method:
     def load(self, model: nn.Module, src: Path) -> nn.Module:
         """Put a saved run's weights onto a freshly loaded base model."""
         raise NotImplementedError
-
-
-def head_prefixes(model: nn.Module) -> list[str]:
-    """Top-level submodules outside the backbone: the task head (classifier, score, ...)."""
-    backbone = getattr(model, "base_model_prefix", "")
-    return [n for n, _ in model.named_children() if n != backbone]
 
 
 def module_suffixes(model: nn.Module) -> list[str]:
@@ -154,8 +160,21 @@ class PeftMethod(Method):
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         from peft import get_peft_model
 
+        self.check(ctx)
         check_targets(model, self.targets(), self.name)
-        return get_peft_model(model, self.peft_config(ctx))
+        config = self.peft_config(ctx)
+        if ctx.head_modules:  # peft knows the head of SEQ_CLS only; name it for every task
+            config.modules_to_save = sorted(set(config.modules_to_save or []) | set(ctx.head_modules))
+        try:
+            return get_peft_model(model, config)
+        except ValueError as err:
+            if "target_modules" not in str(err):
+                raise
+            kind = getattr(getattr(model, "config", None), "model_type", "this model")
+            raise UserError(
+                f"{self.name} has no default target modules for {kind} models; pass --param target_modules=NAMES "
+                f"(layers that exist: {', '.join(module_suffixes(model))})"
+            ) from None
 
     def save(self, model: nn.Module, out: Path) -> None:
         model.save_pretrained(str(out), safe_serialization=True)

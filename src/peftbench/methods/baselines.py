@@ -7,15 +7,16 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from peftbench.errors import UserError
 from peftbench.methods import register
-from peftbench.methods.base import Context, Method, head_prefixes
+from peftbench.methods.base import Context, Method
 
 HEAD_FILE = "head.safetensors"
 
 
-def _head_state(model: nn.Module) -> dict:
-    heads = tuple(p + "." for p in head_prefixes(model))
-    return {k: v.detach().contiguous() for k, v in model.state_dict().items() if k.startswith(heads)}
+def _head_state(model: nn.Module, heads: list[str]) -> dict:
+    prefixes = tuple(p + "." for p in heads)
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items() if k.startswith(prefixes)}
 
 
 @register
@@ -25,13 +26,17 @@ class Base(Method):
     default_lr = None
     trains = False
 
+    heads: list[str] = []  # the task's new head (none for generation: the LM head is the model's own)
+
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        self.check(ctx)
+        self.heads = list(ctx.head_modules)
         model.requires_grad_(False)
         return model
 
     def save(self, model: nn.Module, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        save_file(_head_state(model), str(out / HEAD_FILE))  # the random head, for reproducibility
+        save_file(_head_state(model, self.heads), str(out / HEAD_FILE))  # the random head, for reproducibility
 
     def load(self, model: nn.Module, src: Path) -> nn.Module:
         model.load_state_dict(load_file(str(src / HEAD_FILE)), strict=False)
@@ -45,10 +50,17 @@ class Head(Base):
     default_lr = 5e-2  # a linear probe on frozen features takes a large step
     trains = True
 
+    def check(self, ctx: Context) -> None:
+        if not ctx.head_modules:
+            raise UserError(
+                "method 'head' trains a task head, and this task has none (it generates text with the "
+                "model's own LM head); use lora, ia3, prompt or full instead"
+            )
+
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
-        model.requires_grad_(False)
-        for prefix in head_prefixes(model):
-            getattr(model, prefix).requires_grad_(True)
+        model = super().apply(model, ctx)
+        for name in self.heads:
+            model.get_submodule(name).requires_grad_(True)
         return model
 
 

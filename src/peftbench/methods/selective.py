@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from peftbench.methods import register
-from peftbench.methods.base import Context, Method, Params, PeftMethod, check_targets, head_prefixes
+from peftbench.errors import UserError
+from peftbench.methods.base import Context, Method, Params, PeftMethod, check_targets
 
 NORM_KINDS = ("LayerNorm", "RMSNorm", "GroupNorm", "BatchNorm")
 TRAINED_FILE = "trained.safetensors"
@@ -22,7 +23,12 @@ class BitFit(Method):
     default_lr = 5e-3
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
-        heads = tuple(p + "." for p in head_prefixes(model))
+        heads = tuple(p + "." for p in ctx.head_modules)
+        if not any(n.endswith(".bias") for n, _ in model.named_parameters() if not n.startswith(heads)):
+            raise UserError(
+                f"method 'bitfit' trains bias terms and model '{ctx.model_name_or_path}' has none "
+                "(T5 and Llama-like models drop them); use lora, ia3 or ln_tuning instead"
+            )
         for name, p in model.named_parameters():
             p.requires_grad_(name.endswith(".bias") or name.startswith(heads))
         return model

@@ -19,4 +19,5 @@ def get_task(kind: str) -> type[Task]:
     return REGISTRY[kind]
 
 
-from peftbench.tasks import classification  # noqa: E402,F401  (registers itself)
+from peftbench.tasks import classification, distractors, summarization  # noqa: E402,F401  (register themselves)
+from peftbench.tasks import image_classification  # noqa: E402,F401

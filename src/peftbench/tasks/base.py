@@ -1,4 +1,9 @@
-"""The Task interface: data, the model class it needs, batching and metrics."""
+"""The Task interface: data, the model it needs, batching, metrics and sample outputs.
+
+A task states the model families it can use; `load_model` refuses the others with one
+line, and sets what methods need to know: the family, peft's task type (None where peft
+has none) and the new head modules that every method but `base` trains.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +16,36 @@ import torch
 from torch import nn
 
 from peftbench.config import ModelSpec, TaskSpec
+from peftbench.errors import UserError
 
 Batch = dict[str, torch.Tensor]
+Progress = Callable[[int, int], None]
 
 
 @dataclass
 class EvalResult:
     metrics: dict[str, float]
-    predictions: list[Any] = field(default_factory=list)
+    predictions: list[Any] = field(default_factory=list)  # in the split's order
     references: list[Any] = field(default_factory=list)
     examples: int = 0
 
 
 class Task(ABC):
     kind: ClassVar[str]
-    peft_task_type: ClassVar[str]  # peft's TaskType for get_peft_model
+    summary: ClassVar[str] = ""
+    families: ClassVar[tuple[str, ...]]  # model families it can use (models.FAMILIES)
+    metrics: ClassVar[tuple[str, ...]]  # headline metrics, as evaluate reports them
+    select_metric: ClassVar[str]  # default validation metric for checkpoint selection
+    default_columns: ClassVar[dict[str, str]] = {}  # role -> column name when neither config nor data says
+
+    # Set by load_model:
+    family: str
+    peft_task_type: str | None
+    head_modules: list[str]
 
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
+        self.head_modules = []
 
     @abstractmethod
     def load_data(self) -> None:
@@ -45,13 +62,67 @@ class Task(ABC):
     @abstractmethod
     def evaluate(
         self, model: nn.Module, split: str, batch_size: int, flops: Any = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Progress | None = None, limit: int | None = None,
     ) -> EvalResult:
-        """Score a split; forward FLOPs go to `flops` (an eval meter); progress(done, total)."""
+        """Score a split (its first `limit` examples if given); forward FLOPs go to `flops`."""
 
     @property
     @abstractmethod
     def train_size(self) -> int: ...
 
+    def split_size(self, split: str) -> int:
+        return int(self.describe().get("sizes", {}).get(split, 0))
+
+    @abstractmethod
+    def example(self, split: str, i: int) -> tuple[str, str]:
+        """Example i of a split as (input excerpt, target) text, for sample predictions."""
+
+    def render(self, prediction: Any) -> str:
+        """A prediction as text (a label index becomes its name, etc.)."""
+        return str(prediction)
+
+    def batch_tokens(self, batch: Batch) -> int:
+        """Tokens a training batch feeds the model (the token budget's unit)."""
+        if "attention_mask" in batch:
+            n = int(batch["attention_mask"].sum())
+        else:
+            n = batch["input_ids"].numel() if "input_ids" in batch else next(iter(batch.values())).shape[0]
+        if "decoder_attention_mask" in batch:
+            n += int(batch["decoder_attention_mask"].sum())
+        elif "labels" in batch and batch["labels"].ndim == 2 and "decoder_input_ids" not in batch and self._seq2seq:
+            n += int((batch["labels"] != -100).sum())
+        return n
+
+    @property
+    def _seq2seq(self) -> bool:
+        return getattr(self, "family", "") == "seq2seq"
+
+    def column(self, role: str) -> str | None:
+        """The column that plays `role`: the config's, else the built-in dataset's, else the task default."""
+        from peftbench.tasks.sources import builtin_columns
+
+        explicit = getattr(self.spec.data, f"{role}_column")
+        return explicit or builtin_columns(self.spec.data).get(role) or self.default_columns.get(role)
+
+    def require_columns(self, columns: dict[str, list[str]], roles: list[str]) -> None:
+        """Refuse a split that lacks the column of a role. `columns`: split -> its column names."""
+        for split, cols in columns.items():
+            for role in roles:
+                col = self.column(role)
+                if col is not None and col not in cols:
+                    flag = f"--{role.replace('_', '-')}-column NAME" if role in ("text", "label", "text_pair") else f"--column {role}=NAME"
+                    raise UserError(
+                        f"{role.replace('_', ' ')} column '{col}' is missing from the {split} split "
+                        f"(columns: {', '.join(cols)}); pass {flag}"
+                    )
+
+    def check_family(self, family: str, model_name: str) -> None:
+        if family not in self.families:
+            raise UserError(
+                f"task '{self.kind}' cannot use model '{model_name}' ({family} family); "
+                f"it takes {' or '.join(self.families)} models"
+            )
+        self.family = family
+
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind}
+        return {"kind": self.kind, "family": getattr(self, "family", None)}

@@ -1,120 +1,78 @@
-"""Text classification: encoder models with a sequence-classification head."""
+"""Text classification on every text family.
+
+Encoders and decoders get a sequence-classification head (decoders pool their last
+non-pad token, so a pad token is set); seq2seq models are used text-to-text, as T5 is:
+they learn to write the label's name, and the generated text is matched to a label.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from datasets import Dataset
-from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, DataCollatorWithPadding
 
-from peftbench.config import ModelSpec
+from peftbench import models
+from peftbench.config import GenerationSpec, ModelSpec
 from peftbench.errors import UserError
-from peftbench.models import load_pretrained
 from peftbench.tasks import register
-from peftbench.tasks.base import Batch, EvalResult, Task
+from peftbench.tasks.base import Batch, EvalResult, Progress, Task
+from peftbench.tasks.generation import PairCodec
+from peftbench.tasks.metrics import classification_metrics
 from peftbench.tasks.sources import SPLITS, load_splits
+from peftbench.tasks.text import PAD_MULTIPLE, fit_max_length, length_grouped_batches, load_text_model_config, position_limit
 
-PAD_MULTIPLE = 8  # few distinct padded shapes, so FLOPs are counted a few times only
+__all__ = ["Classification", "classification_metrics", "length_grouped_batches", "position_limit"]
 
-
-def classification_metrics(refs: list[int], preds: list[int]) -> dict[str, float]:
-    return {
-        "accuracy": float(accuracy_score(refs, preds)),
-        "macro_f1": float(f1_score(refs, preds, average="macro", zero_division=0)),
-        "macro_precision": float(precision_score(refs, preds, average="macro", zero_division=0)),
-        "macro_recall": float(recall_score(refs, preds, average="macro", zero_division=0)),
-    }
-
-
-def length_grouped_batches(lengths: list[int], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
-    """One epoch of batches of similar length, in random order (as HF's group_by_length).
-
-    Shuffle, cut into mega-batches of 50 batches, sort each by length, then shuffle the
-    batches: padding (wasted compute) drops a lot while every example is still seen once.
-    """
-    order = rng.permutation(len(lengths)).tolist()
-    mega = batch_size * 50
-    batches = []
-    for m in range(0, len(order), mega):
-        chunk = sorted(order[m : m + mega], key=lambda i: -lengths[i])
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-# Families whose position ids start after the padding index (RoBERTa's scheme): they take
-# max_position_embeddings - (pad_token_id + 1) tokens.
-PADDING_OFFSET_POSITIONS = {
-    "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "mpnet", "ibert", "data2vec-text",
-    "xmod", "roberta-prelayernorm",
-}
-
-
-def position_limit(tok: Any, config: Any) -> int | None:
-    """How many tokens the model takes, or None when it does not say (relative positions)."""
-    limits = []
-    n = getattr(tok, "model_max_length", None)
-    if isinstance(n, int) and 0 < n < 1_000_000:  # unset tokenizers report a huge number
-        limits.append(n)
-    pos = getattr(config, "max_position_embeddings", None)
-    if isinstance(pos, int) and pos > 0 and getattr(config, "position_biased_input", True):
-        if getattr(config, "model_type", "") in PADDING_OFFSET_POSITIONS:
-            pos -= (getattr(config, "pad_token_id", None) or 0) + 1
-        limits.append(pos)
-    return min(limits) if limits else None
+LABEL_DECODING = GenerationSpec(num_beams=1, no_repeat_ngram_size=0)  # a label name is short: greedy
 
 
 @register
 class Classification(Task):
     kind = "classification"
-    peft_task_type = "SEQ_CLS"
+    summary = "Label a text (or a text pair); accuracy and macro-F1"
+    families = ("encoder", "decoder", "seq2seq")
+    metrics = ("accuracy", "macro_f1")
+    select_metric = "macro_f1"
+    default_columns = {"text": "text", "label": "label"}
 
     labels: list[str]
     splits: dict[str, dict[str, list[Any]]]  # split -> column -> values
 
     def load_data(self) -> None:
-        d = self.spec.data
-        dd = load_splits(d)
+        dd = load_splits(self.spec.data)
+        self.require_columns({s: dd[s].column_names for s in SPLITS}, ["text", "label", "text_pair"])
+        text_col, label_col, pair_col = self.column("text"), self.column("label"), self.column("text_pair")
         for split in SPLITS:
-            cols = dd[split].column_names
-            for role, col in (("text", d.text_column), ("label", d.label_column), ("text pair", d.text_pair_column)):
-                if col is not None and col not in cols:
-                    flag = "--" + role.replace(" ", "-") + "-column"
-                    raise UserError(
-                        f"{role} column '{col}' is missing from the {split} split (columns: {', '.join(cols)}); "
-                        f"pass {flag} NAME"
-                    )
-        for split in SPLITS:
-            odd = next((v for v in dd[split][d.label_column] if isinstance(v, (list, dict))), None)
+            odd = next((v for v in dd[split][label_col] if isinstance(v, (list, dict))), None)
             if odd is not None:
                 raise UserError(
-                    f"label column '{d.label_column}' in {split} holds lists or objects (e.g. {odd!r}); "
+                    f"label column '{label_col}' in {split} holds lists or objects (e.g. {odd!r}); "
                     "each label must be one string or number"
                 )
         self.labels = self._label_names(dd["train"])
         if len(self.labels) < 2:
             raise UserError(
-                f"label column '{d.label_column}' has a single class ({self.labels[0]!r}) in train; "
+                f"label column '{label_col}' has a single class ({self.labels[0]!r}) in train; "
                 "classification needs at least two"
             )
         index = {name: i for i, name in enumerate(self.labels)}
         self.splits = {}
         for split in SPLITS:
-            raw = [self._label_str(dd[split], v) for v in list(dd[split][d.label_column])]
+            raw = [self._label_str(dd[split], v) for v in list(dd[split][label_col])]
             unknown = sorted({v for v in raw if v not in index})
             if unknown:
                 raise UserError(
                     f"{split} split has labels not seen in train: {', '.join(unknown[:5])}; fix the labels or the split"
                 )
-            cols = {"text": self._texts(dd[split], d.text_column, split, "text"), "label": [index[v] for v in raw]}
-            if d.text_pair_column:
-                cols["text_pair"] = self._texts(dd[split], d.text_pair_column, split, "text pair")
+            cols = {"text": self._texts(dd[split], text_col, split, "text"), "label": [index[v] for v in raw]}
+            if pair_col:
+                cols["text_pair"] = self._texts(dd[split], pair_col, split, "text pair")
             self.splits[split] = cols
 
     @staticmethod
@@ -129,16 +87,17 @@ class Classification(Task):
         return texts
 
     def _label_names(self, ds: Dataset) -> list[str]:
-        feat = ds.features.get(self.spec.data.label_column)
+        col = self.column("label")
+        feat = ds.features.get(col)
         if getattr(feat, "names", None):  # ClassLabel from a hub dataset
             return list(feat.names)
-        values = {self._label_str(ds, v) for v in list(ds[self.spec.data.label_column])}
+        values = {self._label_str(ds, v) for v in list(ds[col])}
         if any(v in ("None", "nan", "") for v in values):
-            raise UserError(f"label column '{self.spec.data.label_column}' has empty values; fill or drop those rows")
+            raise UserError(f"label column '{col}' has empty values; fill or drop those rows")
         return sorted(values, key=lambda v: (0, int(v)) if v.lstrip("-").isdigit() else (1, v))
 
     def _label_str(self, ds: Dataset, v: Any) -> str:
-        feat = ds.features.get(self.spec.data.label_column)
+        feat = ds.features.get(self.column("label"))
         if getattr(feat, "names", None):
             return feat.names[v]
         if isinstance(v, float) and not math.isnan(v) and v.is_integer():
@@ -150,53 +109,55 @@ class Classification(Task):
         return len(self.splits["train"]["label"])
 
     def load_model(self, spec: ModelSpec) -> tuple[nn.Module, Any]:
-        tok = load_pretrained(AutoTokenizer, spec)
-        config = load_pretrained(AutoConfig, spec)
-        if config.is_encoder_decoder or getattr(config, "model_type", "") in ("vit", "clip_vision_model"):
-            raise UserError(
-                f"model '{spec.name}' ({config.model_type}) is not an encoder text model; "
-                "classification here takes BERT-like encoders (other families arrive with their task support)"
-            )
-        self.max_length = self._max_length(spec, tok, config)
+        tok, config = load_text_model_config(self, spec)
+        self.tokenizer = tok
+        self._encoded: dict[str, list[dict[str, Any]]] = {}
+        if self.family == "seq2seq":
+            return self._load_text_to_text(spec, tok, config), tok
+        self.max_length = fit_max_length(self.spec, spec.name, tok, config)
         n = len(self.labels)
-        model = load_pretrained(
+        model, self.head_modules = models.load_with_new_modules(
             AutoModelForSequenceClassification, spec, num_labels=n, ignore_mismatched_sizes=True,  # new head
             id2label=dict(enumerate(self.labels)), label2id={l: i for i, l in enumerate(self.labels)},
         )
-        if tok.pad_token is None:  # GPT-2-like tokenizers have none
-            tok.pad_token = tok.eos_token
-        model.config.pad_token_id = tok.pad_token_id
-        self.tokenizer = tok
-        self._encoded: dict[str, list[dict[str, Any]]] = {}
+        model.config.pad_token_id = tok.pad_token_id  # decoders find each row's last token by it
+        self.peft_task_type = "SEQ_CLS"
         self._collate = DataCollatorWithPadding(tok, pad_to_multiple_of=PAD_MULTIPLE, return_tensors="pt")
         return model, tok
 
-    def _max_length(self, spec: ModelSpec, tok: Any, config: Any) -> int:
-        """The truncation length: the configured one, which the model must be able to take.
+    def _load_text_to_text(self, spec: ModelSpec, tok: Any, config: Any) -> nn.Module:
+        self.max_length = fit_max_length(self.spec, spec.name, tok, config)
+        model = models.load_pretrained(AutoModelForSeq2SeqLM, spec)
+        self.peft_task_type = "SEQ_2_SEQ_LM"
+        self.head_modules = []
+        # Naming the options lets an untuned instruction model (flan-T5) answer with one of them.
+        template = self.spec.prompt or "{input}\nOptions: " + ", ".join(self.labels) + ".\nAnswer:"
+        self.codec = PairCodec(tok, "seq2seq", template, self.max_length, self.spec.max_target_length)
+        self._label_ids = [self.codec.target(name) for name in self.labels]
+        return model
 
-        An explicit max_length beyond the model's positions is refused (it would fail mid-run
-        on the first long text); the default is lowered to the model's limit instead.
-        """
-        limit = position_limit(tok, config)
-        want = self.spec.max_length
-        if limit is None or want <= limit:
-            return want
-        if "max_length" in self.spec.model_fields_set:
-            raise UserError(
-                f"max length {want} is more than model '{spec.name}' takes ({limit} tokens); "
-                f"pass --max-length {limit} or less"
-            )
-        return limit
+    def _source(self, split: str, i: int) -> str:
+        cols = self.splits[split]
+        return cols["text"][i] if "text_pair" not in cols else f"{cols['text'][i]}\n{cols['text_pair'][i]}"
 
     def _encode(self, split: str) -> list[dict[str, Any]]:
         if split not in self._encoded:
             cols = self.splits[split]
-            enc = self.tokenizer(cols["text"], cols.get("text_pair"), truncation=True, max_length=self.max_length)
-            keys = list(enc.keys())
-            self._encoded[split] = [
-                {**{k: enc[k][i] for k in keys}, "labels": y} for i, y in enumerate(cols["label"])
-            ]
+            if self.family == "seq2seq":
+                self._encoded[split] = [
+                    {"input_ids": self.codec.prompt(self._source(split, i)), "labels": self._label_ids[y]}
+                    for i, y in enumerate(cols["label"])
+                ]
+            else:
+                enc = self.tokenizer(cols["text"], cols.get("text_pair"), truncation=True, max_length=self.max_length)
+                keys = list(enc.keys())
+                self._encoded[split] = [
+                    {**{k: enc[k][i] for k in keys}, "labels": y} for i, y in enumerate(cols["label"])
+                ]
         return self._encoded[split]
+
+    def _batch(self, rows: list[dict[str, Any]]) -> Batch:
+        return self.codec.collate(rows) if self.family == "seq2seq" else self._collate(rows)
 
     def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
         rows = self._encode("train")
@@ -204,35 +165,59 @@ class Classification(Task):
         rng = np.random.default_rng(seed)
         while True:
             for idx in length_grouped_batches(lengths, batch_size, rng):
-                yield self._collate([rows[j] for j in idx])
+                yield self._batch([rows[j] for j in idx])
+
+    def match_label(self, text: str) -> int:
+        """The label a generated text names (case and surrounding punctuation ignored), or -1."""
+        norm = text.strip().strip(".!?,;:\"'").strip().lower()
+        for i, name in enumerate(self.labels):
+            if norm == name.lower():
+                return i
+        return -1
 
     @torch.inference_mode()
     def evaluate(
         self, model: nn.Module, split: str, batch_size: int, flops: Any = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Progress | None = None, limit: int | None = None,
     ) -> EvalResult:
-        rows = self._encode(split)
+        rows = self._encode(split)[:limit]
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))  # little padding
         preds = [0] * len(rows)
         loss_sum = 0.0
+        longest = max(len(ids) for ids in self._label_ids) if self.family == "seq2seq" else 0
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
-            batch = {k: v.to(device) for k, v in self._collate([rows[j] for j in idx]).items()}
+            batch = {k: v.to(device) for k, v in self._batch([rows[j] for j in idx]).items()}
             out = flops.forward(model, batch) if flops is not None else model(**batch)
             loss_sum += float(out.loss) * len(idx)
-            for j, p in zip(idx, out.logits.argmax(-1).tolist()):
+            if self.family == "seq2seq":  # the label word is generated, then matched
+                texts = self.codec.generate(model, [rows[j]["input_ids"] for j in idx], LABEL_DECODING, flops, longest)
+                guesses = [self.match_label(t) for t in texts]
+            else:
+                guesses = out.logits.argmax(-1).tolist()
+            for j, p in zip(idx, guesses):
                 preds[j] = p
             if progress:
                 progress(i + len(idx), len(rows))
         model.train(was_training)
-        refs = [r["labels"] for r in rows]
-        metrics = classification_metrics(refs, preds)
-        metrics["loss"] = loss_sum / len(rows)
+        refs = self.splits[split]["label"][: len(rows)]
+        # Text-to-text predicts -1 for a text naming no label: score it as wrong, not as a class.
+        labels = list(range(len(self.labels))) if self.family == "seq2seq" else None
+        metrics = classification_metrics(refs, preds, labels)
+        metrics["loss"] = loss_sum / max(len(rows), 1)
+        if self.family == "seq2seq":
+            metrics["unmatched"] = sum(p < 0 for p in preds) / max(len(rows), 1)
         return EvalResult(metrics=metrics, predictions=preds, references=refs, examples=len(rows))
 
+    def example(self, split: str, i: int) -> tuple[str, str]:
+        return self._source(split, i), self.labels[self.splits[split]["label"][i]]
+
+    def render(self, prediction: Any) -> str:
+        return self.labels[prediction] if isinstance(prediction, int) and 0 <= prediction < len(self.labels) else "(no label)"
+
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "labels": self.labels, "sizes": {s: len(c["label"]) for s, c in self.splits.items()},
+        return {**super().describe(), "labels": self.labels, "sizes": {s: len(c["label"]) for s, c in self.splits.items()},
                 "max_length": getattr(self, "max_length", self.spec.max_length)}

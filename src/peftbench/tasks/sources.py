@@ -32,6 +32,14 @@ def builtin_dir(name: str) -> Path:
     return Path(str(root))
 
 
+def builtin_columns(spec: DataSpec) -> dict[str, str]:
+    """A built-in dataset's column names by role (its columns.json), so no flags are needed."""
+    if not spec.source.startswith("builtin:") or spec.train_file or spec.test_file:
+        return {}
+    f = resources.files("peftbench") / "data" / spec.source[8:] / "columns.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
 def read_file(path: Path) -> Dataset:
     """Read one CSV / JSON / JSONL / Parquet file; malformed input names its line."""
     if path.is_dir():
@@ -180,9 +188,13 @@ def load_splits(spec: DataSpec) -> DatasetDict:
         raise UserError(f"data source '{spec.source}' is one file; give --train-file and --test-file instead")
     else:
         dd = _from_hub(spec)
+    if "test" not in dd and "train" in dd and spec.test_fraction:
+        parts = dd["train"].train_test_split(test_size=spec.test_fraction, seed=CARVE_SEED)
+        dd = DatasetDict({**dd, "train": parts["train"], "test": parts["test"]})
     for split in ("train", "test"):
         if split not in dd:
-            raise UserError(f"data has no {split} split; provide one (e.g. --{split}-file PATH)")
+            fix = " or set data.test_fraction to carve it from train" if split == "test" else ""
+            raise UserError(f"data has no {split} split; provide one (e.g. --{split}-file PATH){fix}")
     if "validation" not in dd:
         parts = dd["train"].train_test_split(test_size=spec.validation_fraction, seed=CARVE_SEED)
         dd = DatasetDict({"train": parts["train"], "validation": parts["test"], "test": dd["test"]})

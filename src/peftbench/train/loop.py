@@ -92,6 +92,7 @@ def train(
         return TrainOutcome(0, 0, 0.0, eval_seconds, 0, [point])
 
     params = [p for p in model.parameters() if p.requires_grad]
+    select = spec.select_metric or task.select_metric
     optimizer, scheduler = optim.build(model, spec, lr, total_steps)
     eval_every = spec.eval_every or math.ceil(total_steps / 4)  # 4 points, the last at the end
     batches = task.train_batches(spec.batch_size, spec.seed)
@@ -104,7 +105,7 @@ def train(
     for step in range(1, total_steps + 1):
         for _ in range(spec.grad_accum):
             batch = next(batches)
-            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+            tokens += task.batch_tokens(batch)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             loss_sum += meter.train_step(model, batch, 1.0 / spec.grad_accum).float().cpu()
             loss_n += 1
@@ -120,8 +121,8 @@ def train(
             point = validate(step, float(loss_sum) / loss_n)
             curve.append(point)
             loss_sum, loss_n = torch.zeros(()), 0
-            score = point.metrics[spec.select_metric]
-            if better(spec.select_metric, score, best[1]):
+            score = point.metrics[select]
+            if better(select, score, best[1]):
                 state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
                 best = (step, score, state)
             t_start = time.perf_counter()

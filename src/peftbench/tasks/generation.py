@@ -1,0 +1,226 @@
+"""Text-to-text tasks on decoder-only and seq2seq models.
+
+Decoders see prompt + target as one sequence, with the loss on target tokens only;
+seq2seq models read the prompt and learn to write the target. Evaluation generates for
+real (never a teacher-forced argmax) and scores the decoded text; the teacher-forced
+loss is reported beside it.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from datasets import DatasetDict
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+from peftbench import models
+from peftbench.config import GenerationSpec, ModelSpec
+from peftbench.errors import UserError
+from peftbench.tasks.base import Batch, EvalResult, Progress, Task
+from peftbench.tasks.sources import SPLITS, load_splits
+from peftbench.tasks.text import PAD_MULTIPLE, fit_max_length, length_grouped_batches, load_text_model_config
+
+
+def _special_affixes(tok: Any) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer adds before and after a text ([CLS]/<s> ..., ... </s>)."""
+    bare = tok("a", add_special_tokens=False)["input_ids"]
+    full = tok("a")["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if full[i : i + len(bare)] == bare:
+            return full[:i], full[i + len(bare) :]
+    return [], []
+
+
+class PairCodec:
+    """Turns (source, target) text into model inputs for one family, and generates."""
+
+    def __init__(self, tok: Any, family: str, template: str, max_length: int, max_target_length: int) -> None:
+        self.tok, self.family = tok, family
+        self.seq2seq = family == "seq2seq"
+        pre, post = template.split("{input}")
+        self.pre = tok(pre, add_special_tokens=False)["input_ids"] if pre else []
+        self.post = tok(post, add_special_tokens=False)["input_ids"] if post else []
+        self.prefix, suffix = _special_affixes(tok)
+        self.suffix = suffix if self.seq2seq else []  # a decoder's prompt must not end the sequence
+        self.max_length, self.max_target_length = max_length, max_target_length
+
+    def prompt(self, source: str) -> list[int]:
+        """Template around the source; the source is what truncation cuts (its end)."""
+        budget = self.max_length - len(self.prefix) - len(self.pre) - len(self.post) - len(self.suffix)
+        if budget < 1:
+            raise UserError(f"the prompt template alone takes more than max length {self.max_length}; shorten it")
+        src = self.tok(source, add_special_tokens=False, truncation=True, max_length=budget)["input_ids"]
+        return self.prefix + self.pre + src + self.post + self.suffix
+
+    def target(self, text: str) -> list[int]:
+        ids = self.tok(text, add_special_tokens=False, truncation=True, max_length=self.max_target_length - 1)["input_ids"]
+        return ids + [self.tok.eos_token_id]
+
+    def train_row(self, source: str, target: str) -> dict[str, list[int]]:
+        p, t = self.prompt(source), self.target(target)
+        if self.seq2seq:
+            return {"input_ids": p, "labels": t}
+        return {"input_ids": p + t, "labels": [-100] * len(p) + t}
+
+    def collate(self, rows: list[dict[str, list[int]]], left: bool = False) -> Batch:
+        """Pad to a multiple of 8 (few shapes for the FLOP cache); labels pad with -100."""
+        def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+            width = -(-max(len(s) for s in seqs) // PAD_MULTIPLE) * PAD_MULTIPLE
+            return torch.tensor([[value] * (width - len(s)) + s if left else s + [value] * (width - len(s)) for s in seqs])
+
+        ids = [r["input_ids"] for r in rows]
+        batch = {"input_ids": pad(ids, self.tok.pad_token_id), "attention_mask": pad([[1] * len(s) for s in ids], 0)}
+        if "labels" in rows[0]:
+            batch["labels"] = pad([r["labels"] for r in rows], -100)
+        return batch
+
+    def generate(self, model: nn.Module, prompts: list[list[int]], gen: GenerationSpec, flops: Any = None,
+                 max_new_tokens: int | None = None) -> list[str]:
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) for k, v in self.collate([{"input_ids": p} for p in prompts], left=not self.seq2seq).items()}
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens or gen.max_new_tokens, "num_beams": gen.num_beams, "do_sample": gen.do_sample,
+            "no_repeat_ngram_size": gen.no_repeat_ngram_size,
+            "pad_token_id": self.tok.pad_token_id, "eos_token_id": self.tok.eos_token_id,
+        }
+        if gen.repetition_penalty != 1.0:
+            # On generated tokens only: transformers' built-in penalty also hits a decoder's prompt,
+            # which would stop a summary from reusing the names and words of its source.
+            skip = None if self.seq2seq else batch["input_ids"].shape[1]
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [RepetitionPenaltyLogitsProcessor(gen.repetition_penalty, prompt_ignore_length=skip)]
+            )
+        if gen.do_sample:
+            kwargs.update(temperature=gen.temperature, top_k=gen.top_k, top_p=gen.top_p)
+        else:  # the model's own generation_config may hold sampling settings; greedy/beam must not warn
+            kwargs.update(temperature=None, top_k=None, top_p=None)
+        out = flops.generate(model, batch, **kwargs) if flops is not None else model.generate(**batch, **kwargs)
+        new = out if self.seq2seq else out[:, batch["input_ids"].shape[1] :]
+        return [t.strip() for t in self.tok.batch_decode(new, skip_special_tokens=True)]
+
+
+@dataclass
+class Example:
+    source: str  # the text the template wraps
+    references: list[str]  # the first is the training target
+
+
+class GenerationTask(Task):
+    """A task whose output is text: subclasses read their rows and score the decoded text."""
+
+    families = ("decoder", "seq2seq")
+    select_metric = "rougeL"
+    default_prompt: ClassVar[str] = "{input}"
+
+    splits: dict[str, list[Example]]
+
+    @abstractmethod
+    def read(self, dd: DatasetDict, split: str) -> list[Example]:
+        """Examples of one split; raise UserError on bad rows."""
+
+    @abstractmethod
+    def score(self, predictions: list[str], references: list[list[str]]) -> dict[str, float]: ...
+
+    def required_roles(self) -> list[str]:
+        return ["text", "target"]
+
+    def load_data(self) -> None:
+        dd = load_splits(self.spec.data)
+        self.require_columns({s: dd[s].column_names for s in SPLITS}, self.required_roles())
+        self.splits = {s: self.read(dd, s) for s in SPLITS}
+
+    def text_values(self, dd: DatasetDict, split: str, role: str) -> list[Any]:
+        col = self.column(role)
+        values = list(dd[split][col])
+        bad = next((i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip())), None)
+        if bad is not None:
+            raise UserError(f"{role} column '{col}' in {split} row {bad + 1} is empty; fill or drop that row")
+        return values
+
+    def references(self, dd: DatasetDict, split: str, targets: list[str]) -> list[list[str]]:
+        """Each example's references: the references column where the split has it, else its target."""
+        col = self.column("references")
+        if col is None or col not in dd[split].column_names:
+            return [[t] for t in targets]
+        out = []
+        for i, (t, refs) in enumerate(zip(targets, list(dd[split][col]))):
+            refs = [refs] if isinstance(refs, str) else [r for r in (refs or []) if isinstance(r, str) and r.strip()]
+            out.append(refs or [t])
+        return out
+
+    @property
+    def train_size(self) -> int:
+        return len(self.splits["train"])
+
+    def load_model(self, spec: ModelSpec) -> tuple[nn.Module, Any]:
+        tok, config = load_text_model_config(self, spec)
+        decoder = self.family == "decoder"
+        extra = self.spec.max_target_length if decoder else 0  # a decoder's target shares its window
+        max_length = fit_max_length(self.spec, spec.name, tok, config, extra)
+        auto = AutoModelForCausalLM if decoder else AutoModelForSeq2SeqLM
+        model = models.load_pretrained(auto, spec)
+        model.config.pad_token_id = tok.pad_token_id
+        self.peft_task_type = "CAUSAL_LM" if decoder else "SEQ_2_SEQ_LM"
+        self.head_modules = []  # the LM head is the model's own
+        self.tokenizer = tok
+        self.codec = PairCodec(tok, self.family, self.spec.prompt or self.default_prompt, max_length,
+                               self.spec.max_target_length)
+        self._encoded: dict[str, list[dict[str, list[int]]]] = {}
+        return model, tok
+
+    def _encode(self, split: str) -> list[dict[str, list[int]]]:
+        if split not in self._encoded:
+            self._encoded[split] = [self.codec.train_row(e.source, e.references[0]) for e in self.splits[split]]
+        return self._encoded[split]
+
+    def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
+        rows = self._encode("train")
+        lengths = [len(r["input_ids"]) for r in rows]
+        rng = np.random.default_rng(seed)
+        while True:
+            for idx in length_grouped_batches(lengths, batch_size, rng):
+                yield self.codec.collate([rows[j] for j in idx])
+
+    @torch.inference_mode()
+    def evaluate(
+        self, model: nn.Module, split: str, batch_size: int, flops: Any = None,
+        progress: Progress | None = None, limit: int | None = None,
+    ) -> EvalResult:
+        examples = self.splits[split][:limit]
+        rows = self._encode(split)[: len(examples)]
+        prompts = [self.codec.prompt(e.source) for e in examples]
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        order = sorted(range(len(examples)), key=lambda i: len(rows[i]["input_ids"]))
+        loss_sum, preds = 0.0, [""] * len(examples)
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            batch = {k: v.to(device) for k, v in self.codec.collate([rows[j] for j in idx]).items()}
+            out = flops.forward(model, batch) if flops is not None else model(**batch)
+            loss_sum += float(out.loss) * len(idx)
+            for j, text in zip(idx, self.codec.generate(model, [prompts[j] for j in idx], self.spec.generation, flops)):
+                preds[j] = text
+            if progress:
+                progress(i + len(idx), len(examples))
+        model.train(was_training)
+        refs = [e.references for e in examples]
+        metrics = self.score(preds, refs)
+        metrics["loss"] = loss_sum / max(len(examples), 1)
+        return EvalResult(metrics=metrics, predictions=preds, references=refs, examples=len(examples))
+
+    def example(self, split: str, i: int) -> tuple[str, str]:
+        e = self.splits[split][i]
+        return e.source, e.references[0]
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "sizes": {s: len(v) for s, v in self.splits.items()},
+                "prompt": self.spec.prompt or self.default_prompt,
+                "max_length": getattr(getattr(self, "codec", None), "max_length", self.spec.max_length),
+                "generation": self.spec.generation.model_dump()}

@@ -1,0 +1,82 @@
+"""What every text task shares: tokenizer and config loading, the length limit, batching."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from transformers import AutoConfig, AutoTokenizer
+
+from peftbench import models
+from peftbench.config import ModelSpec, TaskSpec
+from peftbench.errors import UserError
+
+PAD_MULTIPLE = 8  # few distinct padded shapes, so FLOPs are counted a few times only
+
+# Families whose position ids start after the padding index (RoBERTa's scheme): they take
+# max_position_embeddings - (pad_token_id + 1) tokens.
+PADDING_OFFSET_POSITIONS = {
+    "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "mpnet", "ibert", "data2vec-text",
+    "xmod", "roberta-prelayernorm",
+}
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
+    """One epoch of batches of similar length, in random order (as HF's group_by_length).
+
+    Shuffle, cut into mega-batches of 50 batches, sort each by length, then shuffle the
+    batches: padding (wasted compute) drops a lot while every example is still seen once.
+    """
+    order = rng.permutation(len(lengths)).tolist()
+    mega = batch_size * 50
+    batches = []
+    for m in range(0, len(order), mega):
+        chunk = sorted(order[m : m + mega], key=lambda i: -lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def position_limit(tok: Any, config: Any) -> int | None:
+    """How many tokens the model takes, or None when it does not say (relative positions)."""
+    limits = []
+    n = getattr(tok, "model_max_length", None)
+    if isinstance(n, int) and 0 < n < 1_000_000:  # unset tokenizers report a huge number
+        limits.append(n)
+    pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if isinstance(pos, int) and pos > 0 and getattr(config, "position_biased_input", True):
+        if getattr(config, "model_type", "") in PADDING_OFFSET_POSITIONS:
+            pos -= (getattr(config, "pad_token_id", None) or 0) + 1
+        limits.append(pos)
+    return min(limits) if limits else None
+
+
+def fit_max_length(task: TaskSpec, model_name: str, tok: Any, config: Any, extra: int = 0) -> int:
+    """The input truncation length: the configured one, which the model must be able to take.
+
+    An explicit max_length beyond the model's positions is refused (it would fail mid-run on
+    the first long text); the default is lowered to the model's limit instead. `extra`: tokens
+    that share the window (a decoder's target).
+    """
+    limit = position_limit(tok, config)
+    want = task.max_length
+    if limit is None or want + extra <= limit:
+        return want
+    if "max_length" in task.model_fields_set:
+        raise UserError(
+            f"max length {want}{f' plus {extra} target tokens' if extra else ''} is more than model "
+            f"'{model_name}' takes ({limit} tokens); pass --max-length {max(limit - extra, 8)} or less"
+        )
+    return max(limit - extra, 8)
+
+
+def load_text_model_config(task: Any, spec: ModelSpec) -> tuple[Any, Any]:
+    """Tokenizer and config of a text model, after refusing a family the task cannot use."""
+    config = models.load_pretrained(AutoConfig, spec)
+    task.check_family(models.family(config), spec.name)
+    tok = models.load_pretrained(AutoTokenizer, spec)
+    if tok.pad_token is None:  # GPT-2-like tokenizers have none; padding is masked anyway
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    if tok.pad_token is None:
+        raise UserError(f"model '{spec.name}' has a tokenizer with no pad, eos or unk token to pad with")
+    return tok, config
