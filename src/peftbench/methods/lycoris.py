@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pydantic import Field
+from torch import nn
 
+from peftbench.errors import UserError
 from peftbench.methods import register
 from peftbench.methods.base import Context, Params, PeftMethod
 
@@ -25,6 +27,16 @@ class Lycoris(PeftMethod):
     default_lr = 1e-2
     can_merge = True
     peft_config_name: str
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        # peft's LyCORIS layers wrap nn.Linear and nn.Conv2d only; GPT-2's projections are
+        # transformers' Conv1D, on which peft fails with a TypeError deep inside.
+        if any(type(m).__name__ == "Conv1D" for m in model.modules()):
+            raise UserError(
+                f"method '{self.name}' cannot adapt this model's Conv1D layers (GPT-2-style); "
+                "peft supports them for lora, ia3, adalora and vera — use one of those"
+            )
+        return super().apply(model, ctx)
 
     def peft_config(self, ctx: Context):
         import peft

@@ -16,6 +16,13 @@ def human(n: float, unit: str = "") -> str:
     return f"{n:.0f} {unit}".rstrip()
 
 
+LEGACY_METRICS = ["accuracy", "macro_f1"]  # runs stored before results named their metrics
+
+
+def metric_names(row: RunRow) -> list[str]:
+    return list((row.result or {}).get("metrics", LEGACY_METRICS))
+
+
 def summary(row: RunRow) -> dict[str, Any]:
     r = row.result or {}
     c = r.get("costs", {})
@@ -23,23 +30,30 @@ def summary(row: RunRow) -> dict[str, Any]:
     return {
         "run_id": row.run_id, "status": row.status, "method": row.method, "model": row.model, "task": row.task,
         "lr": r.get("lr"), "trainable_pct": c.get("trainable_pct"), "params_trainable": c.get("params_trainable"),
-        "test_accuracy": t.get("accuracy"), "test_macro_f1": t.get("macro_f1"),
+        **{f"test_{k}": t.get(k) for k in metric_names(row)},
         "train_flops": c.get("train_flops"), "train_seconds": c.get("train_seconds"),
         "peak_memory_bytes": c.get("peak_memory_bytes"), "adapter_bytes": c.get("adapter_bytes"),
     }
 
 
+def _label(metric: str) -> str:
+    return {"macro_f1": "macro-F1", "accuracy": "acc"}.get(metric, metric)
+
+
 def compare_table(rows: list[RunRow], title: str = "peftbench compare") -> Table:
+    metrics = next((metric_names(r) for r in rows if r.done), LEGACY_METRICS)
     table = Table(title=title)
-    for col in ("method", "trainable %", "test acc", "test macro-F1", "train FLOPs", "train s", "peak memory", "adapter"):
+    cols = ["method", "trainable %", *(f"test {_label(m)}" for m in metrics), "train FLOPs", "train s", "peak memory", "adapter"]
+    for col in cols:
         table.add_column(col, justify="left" if col == "method" else "right")
     for row in rows:
         s = summary(row)
         if not row.done:
-            table.add_row(row.method, *["-"] * 6, row.status)
+            table.add_row(row.method, *["-"] * (len(cols) - 2), row.status)
             continue
+        scores = [f"{v:.4f}" if isinstance(v := s.get(f"test_{m}"), float) else "-" for m in metrics]
         table.add_row(
-            s["method"], f"{s['trainable_pct']:.3f}", f"{s['test_accuracy']:.4f}", f"{s['test_macro_f1']:.4f}",
+            s["method"], f"{s['trainable_pct']:.3f}", *scores,
             human(s["train_flops"]), f"{s['train_seconds']:.1f}", human(s["peak_memory_bytes"], "B"),
             human(s["adapter_bytes"], "B"),
         )
@@ -47,14 +61,26 @@ def compare_table(rows: list[RunRow], title: str = "peftbench compare") -> Table
 
 
 def runs_table(rows: list[RunRow]) -> Table:
-    table = Table(title="stored runs")
-    for col in ("run id", "status", "method", "model", "task", "test macro-F1", "finished"):
-        table.add_column(col)
     import time
 
+    table = Table(title="stored runs")
+    for col in ("run id", "status", "method", "model", "task", "test score", "finished"):
+        table.add_column(col)
     for row in rows:
-        f1 = (row.result or {}).get("test", {}).get("macro_f1")
+        r = row.result or {}
+        metric = r.get("select_metric", "macro_f1")
+        value = r.get("test", {}).get(metric)
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.finished)) if row.finished else "-"
         table.add_row(row.run_id, row.status, row.method, row.model[-30:], row.task,
-                      f"{f1:.4f}" if f1 is not None else "-", when)
+                      f"{_label(metric)} {value:.4f}" if value is not None else "-", when)
+    return table
+
+
+def samples_table(samples: list[dict[str, str]]) -> Table:
+    """Test examples with the untuned and the tuned model's outputs, side by side."""
+    table = Table(title="sample predictions (test)", show_lines=True)
+    for col in ("input", "target", "untuned", "tuned"):
+        table.add_column(col, overflow="fold", ratio=3 if col == "input" else 2)
+    for s in samples:
+        table.add_row(s["input"], s["target"], s["untuned"], s["tuned"])
     return table

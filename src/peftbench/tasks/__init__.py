@@ -21,3 +21,4 @@ def get_task(kind: str) -> type[Task]:
 
 from peftbench.tasks import classification, distractors, summarization  # noqa: E402,F401  (register themselves)
 from peftbench.tasks import image_classification  # noqa: E402,F401
+from peftbench.tasks import multiple_choice  # noqa: E402,F401

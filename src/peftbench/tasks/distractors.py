@@ -33,7 +33,7 @@ class Distractors(GenerationTask):
         for i, d in enumerate(self.text_values(dd, split, "target")):
             target = self.join(d, split, i)
             source = f"Article: {articles[i]}\nQuestion: {questions[i]}\nAnswer: {answers[i]}"
-            out.append(Example(source, [target]))
+            out.append(Example(source, target, [target]))
         return out
 
     def join(self, value: Any, split: str, row: int) -> str:

@@ -108,7 +108,8 @@ class PairCodec:
 @dataclass
 class Example:
     source: str  # the text the template wraps
-    references: list[str]  # the first is the training target
+    target: str  # what training teaches
+    references: list[str]  # what the generated text is scored against (the target, or several)
 
 
 class GenerationTask(Task):
@@ -176,7 +177,7 @@ class GenerationTask(Task):
 
     def _encode(self, split: str) -> list[dict[str, list[int]]]:
         if split not in self._encoded:
-            self._encoded[split] = [self.codec.train_row(e.source, e.references[0]) for e in self.splits[split]]
+            self._encoded[split] = [self.codec.train_row(e.source, e.target) for e in self.splits[split]]
         return self._encoded[split]
 
     def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
@@ -217,7 +218,7 @@ class GenerationTask(Task):
 
     def example(self, split: str, i: int) -> tuple[str, str]:
         e = self.splits[split][i]
-        return e.source, e.references[0]
+        return e.source, e.target
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "sizes": {s: len(v) for s, v in self.splits.items()},
