@@ -98,8 +98,9 @@ def test_seq2seq_source_is_truncated_not_the_template(tiny_models, gen_data: Pat
     assert ids[-1 - len(tail) : -1] == tail
 
 
-def test_table_to_text_end_to_end(tiny_models, gen_data: Path, tmp_path: Path) -> None:
-    out = run(parse_config(config(tiny_models("t5"), gen_data, "table_to_text")), tmp_path)
+@pytest.mark.parametrize("arch", ["t5", "llama"])
+def test_table_to_text_end_to_end(tiny_models, gen_data: Path, tmp_path: Path, arch: str) -> None:
+    out = run(parse_config(config(tiny_models(arch), gen_data, "table_to_text")), tmp_path)
     assert out.row.status == "done" and "rougeL" in out.row.result["test"]
     assert out.row.result["samples"][0]["input"].startswith("name | city")
 
@@ -115,15 +116,16 @@ def test_linearize_table_formats() -> None:
         linearize_table(42)
 
 
-def test_distractors_end_to_end(tiny_models, gen_data: Path, tmp_path: Path) -> None:
-    out = run(parse_config(config(tiny_models("bart"), gen_data, "distractors")), tmp_path)
+@pytest.mark.parametrize("arch", ["bart", "gpt2"])
+def test_distractors_end_to_end(tiny_models, gen_data: Path, tmp_path: Path, arch: str) -> None:
+    out = run(parse_config(config(tiny_models(arch), gen_data, "distractors")), tmp_path)
     r = out.row.result
     assert out.row.status == "done"
     assert set(r["test"]) >= {"bleu1", "bleu2", "bleu3", "bleu4", "rougeL"}
     assert " ; " in r["samples"][0]["target"]  # several distractors, one target
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "t5"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "t5", "bart"])
 def test_classification_on_decoder_and_seq2seq(tiny_models, tiny_data: Path, tmp_path: Path, arch: str) -> None:
     raw = {"model": {"name": tiny_models(arch)},
            "task": {"kind": "classification", "data": {"source": str(tiny_data)}, "max_length": 32, "samples": 2},
@@ -132,7 +134,7 @@ def test_classification_on_decoder_and_seq2seq(tiny_models, tiny_data: Path, tmp
     r = out.row.result
     assert out.row.status == "done" and 0.0 <= r["test"]["macro_f1"] <= 1.0
     assert r["samples"][0]["target"] in ("joy", "anger", "sadness")
-    if arch == "t5":  # text-to-text: generated words are matched to a label, or count as wrong
+    if arch in ("t5", "bart"):  # text-to-text: generated words are matched to a label, or count as wrong
         assert "unmatched" in r["test"]
         assert r["samples"][0]["tuned"] in ("joy", "anger", "sadness", "(no label)")
 
@@ -252,6 +254,9 @@ def test_cli_summarization_run_and_samples_shown(tiny_models, gen_data: Path, tm
     (["--generation", "num_beams"], ["--generation", "KEY=VALUE"]),
     (["--column", "colour=x"], ["unknown role 'colour'"]),
     (["--column", "target=nope"], ["target column 'nope' is missing", "--column target=NAME"]),
+    (["--generation", "temperature=0"], ["task.generation.temperature"]),
+    (["--generation", "max_new_tokens=-1"], ["task.generation.max_new_tokens"]),
+    (["--task", "summarise"], ["unknown task kind 'summarise'", "summarization"]),
     (["--prompt", "no placeholder"], ["{input}"]),
 ])
 def test_cli_generation_bad_input(tiny_models, gen_data: Path, tmp_path: Path, args: list, words: list) -> None:

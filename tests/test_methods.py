@@ -42,7 +42,7 @@ INTENDED = {
 def build(raw: dict, method: str, steps: int = 6, params: dict | None = None):
     raw = {**raw, "method": {"name": method, "params": params or {}}, "train": {**raw["train"], "steps": steps}}
     cfg, m = normalize(parse_config(raw))
-    task = get_task(cfg.task.kind)(cfg.task)
+    task = get_task(cfg.task.kind)(cfg.task, m.load_kwargs())
     task.load_data()
     torch.manual_seed(0)
     model, _ = task.load_model(cfg.model)

@@ -402,6 +402,34 @@ def methods_cmd(json_out: bool = Opt(False, "--json", help="Print as JSON.")) ->
     out.print(table)
 
 
+@app.command("export")
+@friendly
+def export_cmd(
+    run_id: str = typer.Argument(..., help="Run id or config hash (a unique prefix is enough)."),
+    out_dir: Path = typer.Argument(..., help="New folder to write."),
+    merge: bool = Opt(False, help="Write a plain Hugging Face model with the adapter merged in (checked within 1e-4)."),
+    results_dir: Path = Opt(RESULTS_DIR, help="Results folder."),
+    json_out: bool = Opt(False, "--json", help="Print what was written as JSON."),
+) -> None:
+    """Write a stored run's adapter folder, or with --merge a merged plain model."""
+    from contextlib import closing
+
+    from peftbench.export import export
+    from peftbench.store import Store
+
+    if not (results_dir / "results.sqlite").exists():
+        raise UserError(f"no results in '{results_dir}' yet; run: peftbench compare (or pass --results-dir)")
+    with closing(Store(results_dir)) as store:
+        row = store.get(run_id)
+    info = export(row, out_dir, merge)
+    if json_out:
+        print(json.dumps({**info, "folder": str(out_dir)}, indent=2))
+    else:
+        what = "merged model" if merge else "adapter"
+        extra = f" (merged outputs within {info['max_abs_diff']:.1e} of the adapter's)" if merge else ""
+        out.print(f"wrote the {what} of run {row.run_id} to {out_dir}{extra}", highlight=False)
+
+
 @app.command("tasks")
 @friendly
 def tasks_cmd(json_out: bool = Opt(False, "--json", help="Print as JSON.")) -> None:

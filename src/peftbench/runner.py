@@ -29,6 +29,7 @@ from peftbench.methods import get_method
 from peftbench.methods.base import Context, Method
 from peftbench.store import RunRow, Store
 from peftbench.tasks import get_task
+from peftbench.train import optim
 from peftbench.train.loop import Quiet, Reporter, budget_steps, train
 
 
@@ -47,7 +48,7 @@ def normalize(cfg: RunConfig) -> tuple[RunConfig, Method]:
     if not method.trains:
         cfg.train.lr = None  # nothing trains, so no rate may split otherwise equal configs
     elif cfg.train.lr is None:
-        cfg.train.lr = method.default_lr
+        cfg.train.lr = optim.default_lr(cfg.train.optimizer, method.default_lr)
     return cfg, method
 
 
@@ -88,7 +89,9 @@ def run(
 
     # -- everything below may still refuse bad input; nothing is stored yet ----------
     torch.manual_seed(cfg.train.seed)  # the task head's initialisation is part of the run
-    task = get_task(cfg.task.kind)(cfg.task)
+    if method.trains:
+        optim.require(cfg.train.optimizer)
+    task = get_task(cfg.task.kind)(cfg.task, method.load_kwargs())  # a method may refuse this machine here
     select = cfg.train.select_metric or task.select_metric
     if select not in (*task.metrics, "loss"):
         raise UserError(

@@ -124,6 +124,14 @@ class Method:
         """Put a saved run's weights onto a freshly loaded base model."""
         raise NotImplementedError
 
+    def merge(self, model: nn.Module) -> nn.Module:
+        """A plain transformers model computing what the adapted one does (can_merge methods).
+
+        Methods that change the model's own weights in place are plain already."""
+        if not self.can_merge:
+            raise UserError(f"method '{self.name}' cannot be merged into the base weights")
+        return model
+
 
 def module_suffixes(model: nn.Module) -> list[str]:
     """Names of leaf layers a method could target, by last name component."""
@@ -183,3 +191,15 @@ class PeftMethod(Method):
         from peft import PeftModel
 
         return PeftModel.from_pretrained(model, str(src))
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        super().merge(model)
+        merged = model.merge_and_unload()
+        # Some tuners (LN-tuning, peft 0.21) leave the head's ModulesToSaveWrapper behind,
+        # which saves under keys transformers does not know: put the trained copy in place.
+        for name, module in list(merged.named_modules()):
+            if type(module).__name__ == "ModulesToSaveWrapper":
+                parent, _, leaf = name.rpartition(".")
+                trained = module.modules_to_save[module.active_adapter if isinstance(module.active_adapter, str) else module.active_adapter[0]]
+                setattr(merged.get_submodule(parent) if parent else merged, leaf, trained)
+        return merged

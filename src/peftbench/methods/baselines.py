@@ -25,6 +25,7 @@ class Base(Method):
     summary = "No training: the model as loaded (its task head is freshly initialised)"
     default_lr = None
     trains = False
+    can_merge = True  # the model plus its (saved) head is a plain model
 
     heads: list[str] = []  # the task's new head (none for generation: the LM head is the model's own)
 

@@ -21,6 +21,7 @@ class BitFit(Method):
     name = "bitfit"
     summary = "Train only the bias terms (and the head) (Ben Zaken et al. 2022)"
     default_lr = 5e-3
+    can_merge = True  # the model's own biases change: it stays a plain model
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         heads = tuple(p + "." for p in ctx.head_modules)
@@ -59,6 +60,7 @@ class LNTuning(PeftMethod):
     summary = "Train only the normalization layers (and the head) (Zhao et al. 2024)"
     Params = LNParams
     default_lr = 5e-3
+    can_merge = True
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         self._targets = self.params.target_modules or norm_names(model)

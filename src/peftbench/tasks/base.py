@@ -43,9 +43,10 @@ class Task(ABC):
     peft_task_type: str | None
     head_modules: list[str]
 
-    def __init__(self, spec: TaskSpec) -> None:
+    def __init__(self, spec: TaskSpec, model_kwargs: dict[str, Any] | None = None) -> None:
         self.spec = spec
         self.head_modules = []
+        self.model_kwargs = model_kwargs or {}  # the method's extra from_pretrained arguments (QLoRA's 4-bit)
 
     @abstractmethod
     def load_data(self) -> None:

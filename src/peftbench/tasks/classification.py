@@ -118,7 +118,7 @@ class Classification(Task):
         n = len(self.labels)
         model, self.head_modules = models.load_with_new_modules(
             AutoModelForSequenceClassification, spec, num_labels=n, ignore_mismatched_sizes=True,  # new head
-            id2label=dict(enumerate(self.labels)), label2id={l: i for i, l in enumerate(self.labels)},
+            id2label=dict(enumerate(self.labels)), label2id={l: i for i, l in enumerate(self.labels)}, **self.model_kwargs,
         )
         model.config.pad_token_id = tok.pad_token_id  # decoders find each row's last token by it
         self.peft_task_type = "SEQ_CLS"
@@ -127,7 +127,7 @@ class Classification(Task):
 
     def _load_text_to_text(self, spec: ModelSpec, tok: Any, config: Any) -> nn.Module:
         self.max_length = fit_max_length(self.spec, spec.name, tok, config)
-        model = models.load_pretrained(AutoModelForSeq2SeqLM, spec)
+        model = models.load_pretrained(AutoModelForSeq2SeqLM, spec, **self.model_kwargs)
         self.peft_task_type = "SEQ_2_SEQ_LM"
         self.head_modules = []
         # Naming the options lets an untuned instruction model (flan-T5) answer with one of them.

@@ -165,7 +165,7 @@ class GenerationTask(Task):
         extra = self.spec.max_target_length if decoder else 0  # a decoder's target shares its window
         max_length = fit_max_length(self.spec, spec.name, tok, config, extra)
         auto = AutoModelForCausalLM if decoder else AutoModelForSeq2SeqLM
-        model = models.load_pretrained(auto, spec)
+        model = models.load_pretrained(auto, spec, **self.model_kwargs)
         model.config.pad_token_id = tok.pad_token_id
         self.peft_task_type = "CAUSAL_LM" if decoder else "SEQ_2_SEQ_LM"
         self.head_modules = []  # the LM head is the model's own

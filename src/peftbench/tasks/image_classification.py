@@ -333,6 +333,7 @@ class ImageClassification(Task):
         model, self.head_modules = models.load_with_new_modules(  # the new classifier: trained by all but base
             AutoModelForImageClassification, spec, num_labels=len(self.labels), ignore_mismatched_sizes=True,
             id2label=dict(enumerate(self.labels)), label2id={name: i for i, name in enumerate(self.labels)},
+            **self.model_kwargs,
         )
         self.peft_task_type = None  # peft has no image-classification task type
         self.processor = processor

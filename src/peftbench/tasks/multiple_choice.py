@@ -95,8 +95,8 @@ class MultipleChoice(Task):
     num_choices: int
     splits: dict[str, dict[str, list[Any]]]  # split -> question / context / choices / answer -> values
 
-    def __init__(self, spec: Any) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: Any, model_kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__(spec, model_kwargs)
         self._columns: list[str] = []
 
     # -- data ------------------------------------------------------------------------
@@ -225,14 +225,14 @@ class MultipleChoice(Task):
         extra = self.max_target_length if self.family == "decoder" else 0
         self.max_length = fit_max_length(self.spec, spec.name, tok, config, extra=extra)
         if self.family == "encoder":
-            model = load_pretrained(AutoModelForMultipleChoice, spec, ignore_mismatched_sizes=True)  # new head
+            model, self.head_modules = models.load_with_new_modules(  # new head
+                AutoModelForMultipleChoice, spec, ignore_mismatched_sizes=True, **self.model_kwargs)
             self.peft_task_type = None  # peft has no multiple-choice task type
-            self.head_modules = models.head_prefixes(model)
         elif self.family == "decoder":
-            model = load_pretrained(AutoModelForCausalLM, spec)
+            model = load_pretrained(AutoModelForCausalLM, spec, **self.model_kwargs)
             self.peft_task_type, self.head_modules = "CAUSAL_LM", []
         else:
-            model = load_pretrained(AutoModelForSeq2SeqLM, spec)
+            model = load_pretrained(AutoModelForSeq2SeqLM, spec, **self.model_kwargs)
             self.peft_task_type, self.head_modules = "SEQ_2_SEQ_LM", []
             start = model.config.decoder_start_token_id
             if start is None:

@@ -1,0 +1,81 @@
+"""peftbench export: the adapter folder, or a merged plain model matching the adapter within 1e-4."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from peftbench.config import parse_config
+from peftbench.export import rebuild
+from peftbench.methods import REGISTRY
+from peftbench.runner import run
+from test_bad_input import assert_refused, invoke
+
+MERGEABLE = sorted(n for n, c in REGISTRY.items() if c.can_merge and n != "qlora")
+NOT_MERGEABLE = sorted(n for n, c in REGISTRY.items() if not c.can_merge and n != "qlora")
+
+
+def trained(tiny_config: dict, method: str, results: Path, params: dict | None = None):
+    raw = {**tiny_config, "method": {"name": method, "params": params or {}}, "task": {**tiny_config["task"], "samples": 0}}
+    return run(parse_config(raw), results).row
+
+
+@pytest.mark.parametrize("method", MERGEABLE)
+def test_merged_export_matches_the_adapter(tiny_config: dict, tmp_path: Path, method: str) -> None:
+    row = trained(tiny_config, method, tmp_path / "r")
+    res = invoke("export", row.run_id, tmp_path / "merged", "--merge", "--results-dir", tmp_path / "r", "--json")
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert info["merged"] and info["max_abs_diff"] <= 1e-4
+
+    task, adapted, _, _ = rebuild(row)
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
+    assert not any("lora_" in n or "ia3_" in n or "hada_" in n for n, _ in plain.named_parameters())
+    batch = next(task.train_batches(8, seed=3))
+    adapted.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**batch).logits, adapted(**batch).logits, rtol=0, atol=1e-4)
+
+
+def test_merged_generation_model_and_plain_export(tiny_models, tmp_path: Path) -> None:
+    from test_generation import config, dialogue_rows
+    from conftest import write_jsonl
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for s, n in (("train", 16), ("test", 4)):
+        write_jsonl(data / f"{s}.jsonl", dialogue_rows(n, 1))
+    raw = config(tiny_models("llama"), data, "summarization", method="lora")
+    raw["method"]["params"] = {"use_dora": True}
+    row = run(parse_config(raw), tmp_path / "r").row
+    assert invoke("export", row.run_id, tmp_path / "m", "--merge", "--results-dir", tmp_path / "r").exit_code == 0
+    task, adapted, _, _ = rebuild(row)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    batch = next(task.train_batches(4, seed=0))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**batch).logits, adapted.eval()(**batch).logits, rtol=0, atol=1e-4)
+    # without --merge: the adapter folder, loadable by peft onto the base model
+    assert invoke("export", row.run_id, tmp_path / "a", "--results-dir", tmp_path / "r").exit_code == 0
+    assert (tmp_path / "a" / "adapter_config.json").is_file() and (tmp_path / "a" / "peftbench.json").is_file()
+
+
+@pytest.mark.parametrize("method", NOT_MERGEABLE)
+def test_methods_that_cannot_merge_say_so(tiny_config: dict, tmp_path: Path, method: str) -> None:
+    row = trained(tiny_config, method, tmp_path / "r")
+    res = invoke("export", row.run_id, tmp_path / "out", "--merge", "--results-dir", tmp_path / "r")
+    assert_refused(res, f"method '{method}' cannot be merged", "without --merge")
+    assert not (tmp_path / "out").exists()
+    assert invoke("export", row.run_id, tmp_path / "out", "--results-dir", tmp_path / "r").exit_code == 0
+
+
+def test_export_refuses_a_used_folder_and_unknown_runs(tiny_config: dict, tmp_path: Path) -> None:
+    row = trained(tiny_config, "lora", tmp_path / "r")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("keep me")
+    assert_refused(invoke("export", row.run_id, tmp_path / "used", "--results-dir", tmp_path / "r"), "not an empty folder")
+    assert (tmp_path / "used" / "x").read_text() == "keep me"
+    assert_refused(invoke("export", "zzzz", tmp_path / "o", "--results-dir", tmp_path / "r"), "no stored run matches")
