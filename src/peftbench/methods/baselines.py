@@ -80,8 +80,7 @@ class Full(Method):
         model.save_pretrained(out, safe_serialization=True)
 
     def load(self, model: nn.Module, src: Path) -> nn.Module:
-        state: dict = {}
-        for f in sorted(src.glob("*.safetensors")):
-            state.update(load_file(str(f)))
-        model.load_state_dict(state, strict=False)  # strict=False: tied weights are saved once
-        return model
+        # from_pretrained, not load_state_dict: transformers 5 may save checkpoint names that
+        # differ from the modules' (ViT's q_proj is saved as "query"), and it maps them back.
+        loaded = type(model).from_pretrained(src)
+        return loaded.to(next(model.parameters()).device)
