@@ -284,3 +284,43 @@ def test_references_column_scores_but_target_trains(gen_data: Path) -> None:
     task.load_data()
     e, row = task.splits["test"][0], dialogue_rows(8, 3)[0]
     assert e.target == row["summary"] and e.references == row["references"]
+
+
+# -- in-context few-shot baseline ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "t5"])
+def test_few_shot_puts_demonstrations_in_every_prompt(tiny_models, gen_data: Path, tmp_path: Path, arch: str) -> None:
+    raw = config(tiny_models(arch), gen_data, "summarization", method="few_shot", max_length=128)
+    raw["method"]["params"] = {"k": 2}
+    shot = run(parse_config(raw), tmp_path).row.result
+    zero = run(parse_config({**raw, "method": {"name": "base"}}), tmp_path).row.result
+    demo = shot["task"]["demonstrations"]
+    assert demo["k"] == 2 and demo["context_tokens"] > 20 and demo["context_window"] == 256
+    assert demo["window_share"] == pytest.approx(demo["context_tokens"] / 256)
+    assert shot["costs"]["train_flops"] == 0 and shot["optimizer"] is None
+    assert shot["costs"]["eval_flops"] > zero["costs"]["eval_flops"]  # the demonstrations are read every time
+
+    cfg = parse_config(raw)
+    task = get_task("summarization")(cfg.task)
+    task.load_data()
+    task.load_model(cfg.model)
+    plain = task.codec.prompt("bob wants a car")
+    task.demonstrate(2, seed=0)
+    with_demos = task.codec.prompt("bob wants a car")
+    assert len(with_demos) == len(plain) + demo["context_tokens"] and with_demos[-len(plain) + len(task.codec.prefix):] == plain[len(task.codec.prefix):]
+    text = task.tokenizer.decode(task.codec.demos)
+    assert text.count("summary") == 2  # two solved examples, each with its template
+
+
+def test_few_shot_refusals(tiny_models, tiny_config: dict, gen_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="few_shot' prompts a text generator"):
+        run(parse_config({**tiny_config, "method": {"name": "few_shot"}}), tmp_path / "a")
+    gpt2_cls = {**tiny_config, "model": {"name": tiny_models("gpt2")}, "method": {"name": "few_shot"}}
+    with pytest.raises(UserError, match="no in-context path"):
+        run(parse_config(gpt2_cls), tmp_path / "b")
+    raw = config(tiny_models("gpt2"), gen_data, "summarization", method="few_shot", max_length=24)
+    raw["method"]["params"] = {"k": 8}
+    with pytest.raises(UserError, match="demonstrations take .* tokens"):
+        run(parse_config(raw), tmp_path / "c")
+    assert not any((tmp_path / d).exists() for d in "abc")

@@ -44,6 +44,7 @@ def cell(arch: str, model: str, method: str, text_data: Path, image_data: Path, 
         base, _ = task.load_model(cfg.model)
         ctx = Context(task.peft_task_type, model, STEPS, task.family, task.head_modules)
         m.check(ctx)
+        m.prepare_task(task)
         tuned = m.apply(base, ctx)
         train(tuned, m, task, cfg.train, cfg.train.lr or 0.0, STEPS if m.trains else 0, torch.device("cpu"), FlopMeter(), FlopMeter())
         m.save(tuned, out)

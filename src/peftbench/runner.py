@@ -106,6 +106,7 @@ def run(
     method.check(ctx)
     n_samples = min(cfg.task.samples, task.split_size("test"))
     untuned = task.evaluate(model, "test", cfg.train.eval_batch_size, limit=n_samples).predictions if n_samples else []
+    method.prepare_task(task)
     model = method.apply(model, ctx)
     device = pick_device()
     model.to(device)

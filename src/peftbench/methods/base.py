@@ -103,6 +103,9 @@ class Method:
     def check(self, ctx: Context) -> None:
         """Refuse (UserError) a model family or task this method cannot serve."""
 
+    def prepare_task(self, task: Any) -> None:
+        """Change how the task builds its inputs (few-shot demonstrations); after untuned samples."""
+
     def load_kwargs(self) -> dict[str, Any]:
         """Extra keyword arguments for the base model's from_pretrained (e.g. a quantization config).
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, ClassVar
 
+from pydantic import Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from peftbench.errors import UserError
 from peftbench.methods import register
-from peftbench.methods.base import Context, Method
+from peftbench.methods.base import Context, Method, Params
 
 HEAD_FILE = "head.safetensors"
 
@@ -84,3 +86,28 @@ class Full(Method):
         # differ from the modules' (ViT's q_proj is saved as "query"), and it maps them back.
         loaded = type(model).from_pretrained(src)
         return loaded.to(next(model.parameters()).device)
+
+
+class FewShotParams(Params):
+    k: int = Field(4, ge=1, le=64, description="training examples placed before every input")
+    seed: int = Field(0, description="which training examples (the same ones for every input)")
+
+    other_names: ClassVar[dict[str, str]] = {"shots": "k", "num_shots": "k", "n_shots": "k"}
+
+
+@register
+class FewShot(Base):
+    name = "few_shot"
+    summary = "No training: k solved training examples in the prompt (in-context learning)"
+    Params = FewShotParams
+    can_merge = False  # the demonstrations live in the prompt, not in any weights
+
+    def check(self, ctx: Context) -> None:
+        if ctx.family not in ("decoder", "seq2seq"):
+            raise UserError(
+                f"method 'few_shot' prompts a text generator and this is a {ctx.family} model; "
+                "use a decoder (GPT-2, Llama, SmolLM2) or seq2seq (T5, BART) model"
+            )
+
+    def prepare_task(self, task: Any) -> None:
+        task.demonstrate(self.params.k, self.params.seed)

@@ -98,6 +98,23 @@ class Task(ABC):
     def _seq2seq(self) -> bool:
         return getattr(self, "family", "") == "seq2seq"
 
+    def demonstrate(self, k: int, seed: int) -> dict[str, Any]:
+        """Few-shot prompting: put k training examples before every input; returns context stats."""
+        raise UserError(
+            f"task '{self.kind}' on {getattr(self, 'family', 'this')} models has no in-context path; "
+            "few_shot works on summarization, table_to_text and distractors (decoder or seq2seq models) "
+            "and on classification with seq2seq models"
+        )
+
+    def codec_demonstrations(self, codec: Any, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+        tokens = codec.set_demonstrations(pairs)
+        self.demonstrations = {"k": len(pairs), "context_tokens": tokens, "max_length": codec.max_length,
+                               "context_window": getattr(self, "context_window", None)}
+        if self.demonstrations["context_window"]:
+            self.demonstrations["window_share"] = tokens / self.demonstrations["context_window"]
+        self._encoded = {}  # prompts change
+        return self.demonstrations
+
     def column(self, role: str) -> str | None:
         """The column that plays `role`: the config's, else the built-in dataset's, else the task default."""
         from peftbench.tasks.sources import builtin_columns
@@ -126,4 +143,7 @@ class Task(ABC):
         self.family = family
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "family": getattr(self, "family", None)}
+        out = {"kind": self.kind, "family": getattr(self, "family", None)}
+        if getattr(self, "demonstrations", None):
+            out["demonstrations"] = self.demonstrations
+        return out

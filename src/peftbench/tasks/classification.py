@@ -134,7 +134,15 @@ class Classification(Task):
         template = self.spec.prompt or "{input}\nOptions: " + ", ".join(self.labels) + ".\nAnswer:"
         self.codec = PairCodec(tok, "seq2seq", template, self.max_length, self.spec.max_target_length)
         self._label_ids = [self.codec.target(name) for name in self.labels]
+        self.context_window = position_limit(tok, config)
         return model
+
+    def demonstrate(self, k: int, seed: int) -> dict[str, Any]:
+        if self.family != "seq2seq":  # a classification head reads no demonstrations
+            return super().demonstrate(k, seed)
+        picks = np.random.default_rng(seed).choice(self.train_size, size=min(k, self.train_size), replace=False)
+        return self.codec_demonstrations(
+            self.codec, [(self._source("train", i), self.labels[self.splits["train"]["label"][i]]) for i in picks])
 
     def _source(self, split: str, i: int) -> str:
         cols = self.splits[split]

@@ -24,7 +24,7 @@ from peftbench.config import GenerationSpec, ModelSpec
 from peftbench.errors import UserError
 from peftbench.tasks.base import Batch, EvalResult, Progress, Task
 from peftbench.tasks.sources import SPLITS, load_splits
-from peftbench.tasks.text import PAD_MULTIPLE, fit_max_length, length_grouped_batches, load_text_model_config
+from peftbench.tasks.text import PAD_MULTIPLE, fit_max_length, length_grouped_batches, load_text_model_config, position_limit
 
 
 def _special_affixes(tok: Any) -> tuple[list[int], list[int]]:
@@ -49,14 +49,28 @@ class PairCodec:
         self.prefix, suffix = _special_affixes(tok)
         self.suffix = suffix if self.seq2seq else []  # a decoder's prompt must not end the sequence
         self.max_length, self.max_target_length = max_length, max_target_length
+        self.template = template
+        self.demos: list[int] = []  # in-context demonstrations, before every prompt (few_shot)
+
+    def set_demonstrations(self, pairs: list[tuple[str, str]]) -> int:
+        """Put solved examples before every prompt; returns the tokens they take."""
+        text = "".join(self.template.replace("{input}", s) + " " + t + "\n\n" for s, t in pairs)
+        self.demos = self.tok(text, add_special_tokens=False)["input_ids"]
+        fixed = len(self.prefix) + len(self.demos) + len(self.pre) + len(self.post) + len(self.suffix)
+        if fixed >= self.max_length:
+            raise UserError(
+                f"{len(pairs)} demonstrations take {len(self.demos)} tokens, more than max length "
+                f"{self.max_length} leaves; lower the few_shot k or raise --max-length"
+            )
+        return len(self.demos)
 
     def prompt(self, source: str) -> list[int]:
         """Template around the source; the source is what truncation cuts (its end)."""
-        budget = self.max_length - len(self.prefix) - len(self.pre) - len(self.post) - len(self.suffix)
+        budget = self.max_length - len(self.prefix) - len(self.demos) - len(self.pre) - len(self.post) - len(self.suffix)
         if budget < 1:
             raise UserError(f"the prompt template alone takes more than max length {self.max_length}; shorten it")
         src = self.tok(source, add_special_tokens=False, truncation=True, max_length=budget)["input_ids"]
-        return self.prefix + self.pre + src + self.post + self.suffix
+        return self.prefix + self.demos + self.pre + src + self.post + self.suffix
 
     def target(self, text: str) -> list[int]:
         ids = self.tok(text, add_special_tokens=False, truncation=True, max_length=self.max_target_length - 1)["input_ids"]
@@ -164,6 +178,7 @@ class GenerationTask(Task):
         decoder = self.family == "decoder"
         extra = self.spec.max_target_length if decoder else 0  # a decoder's target shares its window
         max_length = fit_max_length(self.spec, spec.name, tok, config, extra)
+        self.context_window = position_limit(tok, config)
         auto = AutoModelForCausalLM if decoder else AutoModelForSeq2SeqLM
         model = models.load_pretrained(auto, spec, **self.model_kwargs)
         model.config.pad_token_id = tok.pad_token_id
@@ -215,6 +230,10 @@ class GenerationTask(Task):
         metrics = self.score(preds, refs)
         metrics["loss"] = loss_sum / max(len(examples), 1)
         return EvalResult(metrics=metrics, predictions=preds, references=refs, examples=len(examples))
+
+    def demonstrate(self, k: int, seed: int) -> dict[str, Any]:
+        picks = np.random.default_rng(seed).choice(len(self.splits["train"]), size=min(k, self.train_size), replace=False)
+        return self.codec_demonstrations(self.codec, [(self.splits["train"][i].source, self.splits["train"][i].target) for i in picks])
 
     def example(self, split: str, i: int) -> tuple[str, str]:
         e = self.splits[split][i]
