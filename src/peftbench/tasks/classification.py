@@ -25,7 +25,9 @@ from peftbench.tasks.base import Batch, EvalResult, Progress, Task
 from peftbench.tasks.generation import PairCodec
 from peftbench.tasks.metrics import classification_metrics
 from peftbench.tasks.sources import SPLITS, load_splits
-from peftbench.tasks.text import PAD_MULTIPLE, fit_max_length, length_grouped_batches, load_text_model_config, position_limit
+from peftbench.tasks.text import (
+    PAD_MULTIPLE, endless_batches, fit_max_length, length_grouped_batches, load_text_model_config, position_limit,
+)
 
 __all__ = ["Classification", "classification_metrics", "length_grouped_batches", "position_limit"]
 
@@ -168,12 +170,7 @@ class Classification(Task):
         return self.codec.collate(rows) if self.family == "seq2seq" else self._collate(rows)
 
     def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
-        rows = self._encode("train")
-        lengths = [len(r["input_ids"]) for r in rows]
-        rng = np.random.default_rng(seed)
-        while True:
-            for idx in length_grouped_batches(lengths, batch_size, rng):
-                yield self._batch([rows[j] for j in idx])
+        return endless_batches(self._encode("train"), batch_size, seed, self._batch)
 
     def match_label(self, text: str) -> int:
         """The label a generated text names (case and surrounding punctuation ignored), or -1."""

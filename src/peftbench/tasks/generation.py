@@ -24,7 +24,7 @@ from peftbench.config import GenerationSpec, ModelSpec
 from peftbench.errors import UserError
 from peftbench.tasks.base import Batch, EvalResult, Progress, Task
 from peftbench.tasks.sources import SPLITS, load_splits
-from peftbench.tasks.text import PAD_MULTIPLE, fit_max_length, length_grouped_batches, load_text_model_config, position_limit
+from peftbench.tasks.text import PAD_MULTIPLE, endless_batches, fit_max_length, load_text_model_config, position_limit
 
 
 def _special_affixes(tok: Any) -> tuple[list[int], list[int]]:
@@ -196,12 +196,7 @@ class GenerationTask(Task):
         return self._encoded[split]
 
     def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
-        rows = self._encode("train")
-        lengths = [len(r["input_ids"]) for r in rows]
-        rng = np.random.default_rng(seed)
-        while True:
-            for idx in length_grouped_batches(lengths, batch_size, rng):
-                yield self.codec.collate([rows[j] for j in idx])
+        return endless_batches(self._encode("train"), batch_size, seed, self.codec.collate)
 
     @torch.inference_mode()
     def evaluate(

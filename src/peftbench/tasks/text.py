@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,16 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: np.random.G
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+def endless_batches(rows: list[dict[str, Any]], batch_size: int, seed: int,
+                    collate: Callable[[list[dict[str, Any]]], Any]) -> Iterator[Any]:
+    """Length-grouped batches of encoded rows, reshuffled every epoch from the seed, forever."""
+    lengths = [len(r["input_ids"]) for r in rows]
+    rng = np.random.default_rng(seed)
+    while True:
+        for idx in length_grouped_batches(lengths, batch_size, rng):
+            yield collate([rows[j] for j in idx])
 
 
 def position_limit(tok: Any, config: Any) -> int | None:
