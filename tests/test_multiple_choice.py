@@ -443,3 +443,23 @@ def test_cli_task_and_column_flags_refuse_a_missing_column(tiny_models, mc_data:
     r = cli("run", "--task", "multiple_choice", "--data", mc_data, "--column", "answer=gold", "--model",
             tiny_models("bert"), "--steps", 1, "--results-dir", res)
     assert_refused(r, res, "answer column 'gold' is missing", "--column answer=NAME")
+
+
+def test_few_shot_scores_choices_after_demonstrations(tiny_models, mc_data: Path, tmp_path: Path) -> None:
+    from peftbench.runner import run
+
+    raw = config(tiny_models("gpt2"), mc_data)
+    raw["method"] = {"name": "few_shot", "params": {"k": 2}}
+    raw["task"]["max_length"] = 160
+    out = run(parse_config(raw), tmp_path)
+    demo = out.row.result["task"]["demonstrations"]
+    assert out.row.status == "done" and demo["k"] == 2 and demo["context_tokens"] > 10
+    assert 0.0 <= out.row.result["test"]["accuracy"] <= 1.0
+
+    cfg = parse_config(raw)
+    task = get_task("multiple_choice")(cfg.task)
+    task.load_data()
+    task.load_model(cfg.model)
+    plain = task.prompt("test", 0)
+    task.demonstrate(2, seed=0)
+    assert task.prompt("test", 0).endswith(plain) and task.prompt("test", 0).count("Question:") == 3

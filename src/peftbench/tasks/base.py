@@ -102,8 +102,8 @@ class Task(ABC):
         """Few-shot prompting: put k training examples before every input; returns context stats."""
         raise UserError(
             f"task '{self.kind}' on {getattr(self, 'family', 'this')} models has no in-context path; "
-            "few_shot works on summarization, table_to_text and distractors (decoder or seq2seq models) "
-            "and on classification with seq2seq models"
+            "few_shot works with decoder or seq2seq models on summarization, table_to_text, distractors "
+            "and multiple_choice, and with seq2seq models on classification"
         )
 
     def codec_demonstrations(self, codec: Any, pairs: list[tuple[str, str]]) -> dict[str, Any]:

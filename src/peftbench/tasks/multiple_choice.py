@@ -36,7 +36,7 @@ from peftbench.models import load_pretrained
 from peftbench.tasks import register
 from peftbench.tasks.base import Batch, EvalResult, Progress, Task
 from peftbench.tasks.sources import SPLITS, builtin_columns, load_splits
-from peftbench.tasks.text import PAD_MULTIPLE, fit_max_length, length_grouped_batches, load_text_model_config
+from peftbench.tasks.text import PAD_MULTIPLE, fit_max_length, length_grouped_batches, load_text_model_config, position_limit
 
 # Column names looked for, in order, when neither the config nor the built-in data names one.
 ALTERNATES = {
@@ -224,6 +224,7 @@ class MultipleChoice(Task):
             self.max_target_length = min(self.max_target_length, self._longest_choice())
         extra = self.max_target_length if self.family == "decoder" else 0
         self.max_length = fit_max_length(self.spec, spec.name, tok, config, extra=extra)
+        self.context_window = position_limit(tok, config)
         if self.family == "encoder":
             model, self.head_modules = models.load_with_new_modules(  # new head
                 AutoModelForMultipleChoice, spec, ignore_mismatched_sizes=True, **self.model_kwargs)
@@ -270,7 +271,28 @@ class MultipleChoice(Task):
         cols = self.splits[split]
         context = cols["context"][i].strip()
         question = f"Question: {cols['question'][i].strip()}"
-        return (self.spec.prompt or DEFAULT_PROMPT).replace("{input}", f"{context}\n{question}" if context else question)
+        text = (self.spec.prompt or DEFAULT_PROMPT).replace("{input}", f"{context}\n{question}" if context else question)
+        return getattr(self, "_demo_text", "") + text
+
+    def demonstrate(self, k: int, seed: int) -> dict[str, Any]:
+        """Few-shot: k solved training questions before every prompt (decoder and seq2seq scoring)."""
+        if self.family == "encoder":
+            return super().demonstrate(k, seed)
+        cols = self.splits["train"]
+        picks = np.random.default_rng(seed).choice(self.train_size, size=min(k, self.train_size), replace=False)
+        self._demo_text = "".join(f"{self.prompt('train', i)} {cols['choices'][i][cols['answer'][i]].strip()}\n\n" for i in picks)
+        tokens = len(self.tokenizer(self._demo_text, add_special_tokens=False)["input_ids"])
+        if tokens >= self.max_length:
+            raise UserError(
+                f"{len(picks)} demonstrations take {tokens} tokens, more than max length {self.max_length} leaves; "
+                "lower the few_shot k or raise --max-length"
+            )
+        self.demonstrations = {"k": len(picks), "context_tokens": tokens, "max_length": self.max_length,
+                               "context_window": self.context_window}
+        if self.context_window:
+            self.demonstrations["window_share"] = tokens / self.context_window
+        self._encoded = {}
+        return self.demonstrations
 
     def _encode(self, split: str) -> list[dict[str, Any]]:
         if split not in self._encoded:
@@ -478,7 +500,7 @@ class MultipleChoice(Task):
     def describe(self) -> dict[str, Any]:
         family = getattr(self, "family", None)
         return {
-            "kind": self.kind, "family": family, "num_choices": getattr(self, "num_choices", None),
+            **super().describe(), "num_choices": getattr(self, "num_choices", None),
             "scoring": None if family is None else
             ("classifier over choices" if family == "encoder" else "length-normalized log-likelihood"),
             "columns": {r: self.column(r) for r in ("question", "choices", "answer", "text")},
