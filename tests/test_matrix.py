@@ -34,7 +34,7 @@ def cell(arch: str, model: str, method: str, text_data: Path, image_data: Path, 
     """("ok", "") when the method trains, saves and reloads to identical outputs; ("refused", line) otherwise."""
     kind = "image_classification" if arch == "vit" else "classification"
     raw = {"model": {"name": model},
-           "task": {"kind": kind, "data": {"source": str(image_data if arch == "vit" else text_data)}, "max_length": 32},
+           "task": {"kind": kind, "data": {"source": str(image_data if arch == "vit" else text_data)}, "max_length": 128},
            "method": {"name": method}, "train": {"steps": STEPS, "batch_size": 8, "eval_batch_size": 16, "eval_every": STEPS}}
     try:
         cfg, m = normalize(parse_config(raw))
@@ -116,6 +116,7 @@ def test_refusals_are_one_line_and_the_expected_ones(matrix) -> None:
         assert matrix[key][0] == "ok", (key, matrix[key])
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the README's matrix is the CPU run (qlora refuses there)")
 def test_readme_matrix_is_this_run(matrix) -> None:
     table = render(matrix)
     text = README.read_text()
@@ -125,4 +126,5 @@ def test_readme_matrix_is_this_run(matrix) -> None:
     fresh = f"{head}{START}\n{table}\n{END}{tail}"
     if os.environ.get("PEFTBENCH_WRITE_MATRIX") == "1":
         README.write_text(fresh)
+        return
     assert fresh == text, "README's method x architecture matrix is stale; regenerate: " + __doc__.split("\n")[-2].strip()

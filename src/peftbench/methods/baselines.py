@@ -105,7 +105,7 @@ class FewShot(Base):
     def check(self, ctx: Context) -> None:
         if ctx.family not in ("decoder", "seq2seq"):
             raise UserError(
-                f"method 'few_shot' prompts a text generator and this is a {ctx.family} model; "
+                f"method 'few_shot' prompts a text generator and this model is of the {ctx.family} family; "
                 "use a decoder (GPT-2, Llama, SmolLM2) or seq2seq (T5, BART) model"
             )
 

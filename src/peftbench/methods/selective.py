@@ -27,7 +27,7 @@ class BitFit(Method):
         heads = tuple(p + "." for p in ctx.head_modules)
         if not any(n.endswith(".bias") for n, _ in model.named_parameters() if not n.startswith(heads)):
             raise UserError(
-                f"method 'bitfit' trains bias terms and model '{ctx.model_name_or_path}' has none "
+                "method 'bitfit' trains bias terms and this model has none "
                 "(T5 and Llama-like models drop them); use lora, ia3 or ln_tuning instead"
             )
         for name, p in model.named_parameters():
