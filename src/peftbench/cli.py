@@ -183,7 +183,7 @@ def _flags(**kw: Any) -> dict[str, Any]:
         "text_column": "task.data.text_column", "text_pair_column": "task.data.text_pair_column",
         "label_column": "task.data.label_column", "max_train_examples": "task.data.max_train_examples",
         "max_eval_examples": "task.data.max_eval_examples", "max_length": "task.max_length",
-        "lr": "train.lr", "steps": "train.steps", "epochs": "train.epochs", "batch_size": "train.batch_size",
+        "lr": "train.lr", "steps": "train.steps", "epochs": "train.epochs", "batch_size": "train.batch_size", "eval_batch_size": "train.eval_batch_size",
         "grad_accum": "train.grad_accum", "eval_every": "train.eval_every", "seed": "train.seed",
     }
     flags = {keys[k]: v for k, v in kw.items() if k in keys}
@@ -239,6 +239,7 @@ def run_cmd(
     steps: Optional[int] = Opt(None, help="Budget in optimizer steps."),
     epochs: Optional[float] = Opt(None, help="Budget in epochs (default 1)."),
     batch_size: Optional[int] = Opt(None, help="Training batch size."),
+    eval_batch_size: Optional[int] = Opt(None, help="Evaluation batch size (default 64; lower it for large vocabularies)."),
     grad_accum: Optional[int] = Opt(None, help="Gradient accumulation steps."),
     eval_every: Optional[int] = Opt(None, help="Validate every N steps (default: 4 points per run)."),
     seed: Optional[int] = Opt(None, help="Random seed."),
@@ -288,6 +289,7 @@ def compare_cmd(
     steps: Optional[int] = Opt(None, help=f"Budget in optimizer steps, the same for every method (default {MAIN_JOB_STEPS} without --config/--epochs)."),
     epochs: Optional[float] = Opt(None, help="Budget in epochs (default 1)."),
     batch_size: Optional[int] = Opt(None, help="Training batch size."),
+    eval_batch_size: Optional[int] = Opt(None, help="Evaluation batch size (default 64; lower it for large vocabularies)."),
     grad_accum: Optional[int] = Opt(None, help="Gradient accumulation steps."),
     eval_every: Optional[int] = Opt(None, help="Validate every N steps."),
     seed: Optional[int] = Opt(None, help="Random seed."),
