@@ -316,11 +316,34 @@ def test_few_shot_puts_demonstrations_in_every_prompt(tiny_models, gen_data: Pat
 def test_few_shot_refusals(tiny_models, tiny_config: dict, gen_data: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="few_shot' prompts a text generator"):
         run(parse_config({**tiny_config, "method": {"name": "few_shot"}}), tmp_path / "a")
-    gpt2_cls = {**tiny_config, "model": {"name": tiny_models("gpt2")}, "method": {"name": "few_shot"}}
-    with pytest.raises(UserError, match="no in-context path"):
-        run(parse_config(gpt2_cls), tmp_path / "b")
     raw = config(tiny_models("gpt2"), gen_data, "summarization", method="few_shot", max_length=24)
     raw["method"]["params"] = {"k": 8}
     with pytest.raises(UserError, match="demonstrations take .* tokens"):
         run(parse_config(raw), tmp_path / "c")
-    assert not any((tmp_path / d).exists() for d in "abc")
+    assert not any((tmp_path / d).exists() for d in "ac")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_few_shot_classification_on_decoders_scores_label_names(tiny_models, tiny_data: Path, tmp_path: Path, arch: str) -> None:
+    """A classification head reads no demonstrations: few_shot loads the LM and scores each label's tokens."""
+    raw = {"model": {"name": tiny_models(arch)},
+           "task": {"kind": "classification", "data": {"source": str(tiny_data)}, "max_length": 96, "samples": 2},
+           "method": {"name": "few_shot", "params": {"k": 3}}, "train": {"eval_batch_size": 16}}
+    r = run(parse_config(raw), tmp_path).row.result
+    assert r["task"]["demonstrations"]["k"] == 3 and r["costs"]["params_trainable"] == 0
+    assert 0.0 <= r["test"]["accuracy"] <= 1.0 and r["samples"][0]["tuned"] in ("joy", "anger", "sadness")
+
+    from peftbench.runner import make_task, normalize
+
+    cfg, m = normalize(parse_config(raw))
+    task = make_task(cfg, m)
+    task.load_data()
+    model, tok = task.load_model(cfg.model)
+    assert hasattr(model, "lm_head") and task.head_modules == [] and task.peft_task_type == "CAUSAL_LM"
+    prompt = task.codec.prompt("happy glad day")
+    scores = task._score_labels(model.eval(), [prompt], None)[0]
+    with torch.no_grad():  # by hand: mean log-probability of each label's tokens after the prompt
+        for k, ids in enumerate(task._label_ids):
+            logp = torch.log_softmax(model(torch.tensor([prompt + ids])).logits[0].float(), -1)
+            want = sum(float(logp[len(prompt) - 1 + t, ids[t]]) for t in range(len(ids))) / len(ids)
+            assert float(scores[k]) == pytest.approx(want, abs=1e-4)

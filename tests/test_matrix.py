@@ -19,8 +19,7 @@ from peftbench.errors import UserError
 from peftbench.measure.flops import FlopMeter
 from peftbench.methods import REGISTRY, get_method
 from peftbench.methods.base import Context
-from peftbench.runner import normalize
-from peftbench.tasks import get_task
+from peftbench.runner import make_task, normalize
 from peftbench.train.loop import train
 from test_image_classification import class_tree
 
@@ -38,7 +37,7 @@ def cell(arch: str, model: str, method: str, text_data: Path, image_data: Path, 
            "method": {"name": method}, "train": {"steps": STEPS, "batch_size": 8, "eval_batch_size": 16, "eval_every": STEPS}}
     try:
         cfg, m = normalize(parse_config(raw))
-        task = get_task(kind)(cfg.task, m.load_kwargs())
+        task = make_task(cfg, m)
         task.load_data()
         torch.manual_seed(0)
         base, _ = task.load_model(cfg.model)

@@ -18,7 +18,7 @@ from peftbench.config import parse_config
 from peftbench.errors import UserError
 from peftbench.methods import get_method
 from peftbench.store import RunRow
-from peftbench.tasks import get_task
+from peftbench.runner import make_task
 
 MERGE_TOLERANCE = 1e-4
 
@@ -32,7 +32,7 @@ def rebuild(row: RunRow) -> tuple[Any, torch.nn.Module, Any, Any]:
     """The run's task, its base model with the saved adapter loaded, the method, and the processor."""
     cfg = parse_config(row.config)
     method = get_method(cfg.method.name)(cfg.method.params)
-    task = get_task(cfg.task.kind)(cfg.task, method.load_kwargs())
+    task = make_task(cfg, method)
     task.load_data()  # labels (and the head's size) come from the data
     model, processor = task.load_model(cfg.model)
     return task, method.load(model, row.folder / "adapter"), method, processor

@@ -59,6 +59,13 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def make_task(cfg: RunConfig, method: Method) -> Any:
+    """The task, told what the method needs of the model: extra load arguments, or no new head."""
+    task = get_task(cfg.task.kind)(cfg.task, method.load_kwargs())  # a method may refuse this machine here
+    task.lm_scoring = method.lm_scoring
+    return task
+
+
 def excerpt(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -91,7 +98,7 @@ def run(
     torch.manual_seed(cfg.train.seed)  # the task head's initialisation is part of the run
     if method.trains:
         optim.require(cfg.train.optimizer)
-    task = get_task(cfg.task.kind)(cfg.task, method.load_kwargs())  # a method may refuse this machine here
+    task = make_task(cfg, method)
     select = cfg.train.select_metric or task.select_metric
     if select not in (*task.metrics, "loss"):
         raise UserError(

@@ -57,6 +57,7 @@ class Method:
     default_lr: ClassVar[float | None]
     trains: ClassVar[bool] = True
     can_merge: ClassVar[bool] = False
+    lm_scoring: ClassVar[bool] = False  # needs the task without a new head (an in-context baseline)
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         self.params = self.validate(params or {})

@@ -101,6 +101,7 @@ class FewShot(Base):
     summary = "No training: k solved training examples in the prompt (in-context learning)"
     Params = FewShotParams
     can_merge = False  # the demonstrations live in the prompt, not in any weights
+    lm_scoring = True  # a decoder classifies by scoring label names, since a head reads no demonstrations
 
     def check(self, ctx: Context) -> None:
         if ctx.family not in ("decoder", "seq2seq"):

@@ -37,6 +37,7 @@ class Task(ABC):
     metrics: ClassVar[tuple[str, ...]]  # headline metrics, as evaluate reports them
     select_metric: ClassVar[str]  # default validation metric for checkpoint selection
     default_columns: ClassVar[dict[str, str]] = {}  # role -> column name when neither config nor data says
+    lm_scoring: bool = False  # set by the runner for in-context methods: no new head, score with the LM
 
     # Set by load_model:
     family: str
@@ -102,8 +103,8 @@ class Task(ABC):
         """Few-shot prompting: put k training examples before every input; returns context stats."""
         raise UserError(
             f"task '{self.kind}' on {getattr(self, 'family', 'this')} models has no in-context path; "
-            "few_shot works with decoder or seq2seq models on summarization, table_to_text, distractors "
-            "and multiple_choice, and with seq2seq models on classification"
+            "few_shot works with decoder or seq2seq models on classification, summarization, "
+            "table_to_text, distractors and multiple_choice"
         )
 
     def codec_demonstrations(self, codec: Any, pairs: list[tuple[str, str]]) -> dict[str, Any]:

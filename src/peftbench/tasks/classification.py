@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 from torch import nn
-from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, DataCollatorWithPadding
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, DataCollatorWithPadding
 
 from peftbench import models
 from peftbench.config import GenerationSpec, ModelSpec
@@ -116,6 +116,8 @@ class Classification(Task):
         self._encoded: dict[str, list[dict[str, Any]]] = {}
         if self.family == "seq2seq":
             return self._load_text_to_text(spec, tok, config), tok
+        if self.family == "decoder" and self.lm_scoring:
+            return self._load_label_scoring(spec, tok, config), tok
         self.max_length = fit_max_length(self.spec, spec.name, tok, config)
         n = len(self.labels)
         model, self.head_modules = models.load_with_new_modules(
@@ -139,8 +141,39 @@ class Classification(Task):
         self.context_window = position_limit(tok, config)
         return model
 
+    def _load_label_scoring(self, spec: ModelSpec, tok: Any, config: Any) -> nn.Module:
+        """A decoder without a head: each label name is scored by its mean token log-probability
+        after the prompt (for in-context baselines, whose demonstrations a head cannot read)."""
+        self._label_ids = [tok(" " + name, add_special_tokens=False)["input_ids"] for name in self.labels]
+        longest = max(len(ids) for ids in self._label_ids)
+        self.max_length = fit_max_length(self.spec, spec.name, tok, config, extra=longest)
+        model = models.load_pretrained(AutoModelForCausalLM, spec, **self.model_kwargs)
+        model.config.pad_token_id = tok.pad_token_id
+        self.peft_task_type, self.head_modules = "CAUSAL_LM", []
+        template = self.spec.prompt or "{input}\nOptions: " + ", ".join(self.labels) + ".\nAnswer:"
+        self.codec = PairCodec(tok, "decoder", template, self.max_length, longest + 1)
+        self.context_window = position_limit(tok, config)
+        return model
+
+    @property
+    def _mode(self) -> str:
+        """head (a classifier), text (seq2seq writes the label) or score (a decoder scores label names)."""
+        return "text" if self.family == "seq2seq" else "score" if hasattr(self, "codec") else "head"
+
+    def _score_labels(self, model: nn.Module, prompts: list[list[int]], flops: Any) -> torch.Tensor:
+        """[examples, labels] mean log-probability of each label's tokens after its prompt."""
+        rows = [{"input_ids": p + ids, "labels": [-100] * len(p) + ids} for p in prompts for ids in self._label_ids]
+        batch = self.codec.collate(rows)
+        labels = batch.pop("labels").to(next(model.parameters()).device)
+        batch = {k: v.to(labels.device) for k, v in batch.items()}
+        logits = (flops.forward(model, batch) if flops is not None else model(**batch)).logits[:, :-1].float()
+        target = labels[:, 1:]
+        mask = target != -100
+        logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return ((logp * mask).sum(-1) / mask.sum(-1)).view(len(prompts), len(self._label_ids))
+
     def demonstrate(self, k: int, seed: int) -> dict[str, Any]:
-        if self.family != "seq2seq":  # a classification head reads no demonstrations
+        if self._mode == "head":  # a classification head reads no demonstrations
             return super().demonstrate(k, seed)
         picks = np.random.default_rng(seed).choice(self.train_size, size=min(k, self.train_size), replace=False)
         return self.codec_demonstrations(
@@ -153,10 +186,16 @@ class Classification(Task):
     def _encode(self, split: str) -> list[dict[str, Any]]:
         if split not in self._encoded:
             cols = self.splits[split]
-            if self.family == "seq2seq":
+            if self._mode == "text":
                 self._encoded[split] = [
                     {"input_ids": self.codec.prompt(self._source(split, i)), "labels": self._label_ids[y]}
                     for i, y in enumerate(cols["label"])
+                ]
+            elif self._mode == "score":  # prompt + the gold label's tokens, the loss on those only
+                prompts = [self.codec.prompt(self._source(split, i)) for i in range(len(cols["label"]))]
+                self._encoded[split] = [
+                    {"input_ids": p + self._label_ids[y], "labels": [-100] * len(p) + self._label_ids[y], "prompt": p, "gold": y}
+                    for p, y in zip(prompts, cols["label"])
                 ]
             else:
                 enc = self.tokenizer(cols["text"], cols.get("text_pair"), truncation=True, max_length=self.max_length)
@@ -167,7 +206,9 @@ class Classification(Task):
         return self._encoded[split]
 
     def _batch(self, rows: list[dict[str, Any]]) -> Batch:
-        return self.codec.collate(rows) if self.family == "seq2seq" else self._collate(rows)
+        if self._mode == "head":
+            return self._collate(rows)
+        return self.codec.collate([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
 
     def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
         return endless_batches(self._encode("train"), batch_size, seed, self._batch)
@@ -201,6 +242,8 @@ class Classification(Task):
             if self.family == "seq2seq":  # the label word is generated, then matched
                 texts = self.codec.generate(model, [rows[j]["input_ids"] for j in idx], LABEL_DECODING, flops, longest)
                 guesses = [self.match_label(t) for t in texts]
+            elif self._mode == "score":
+                guesses = self._score_labels(model, [rows[j]["prompt"] for j in idx], flops).argmax(-1).tolist()
             else:
                 guesses = out.logits.argmax(-1).tolist()
             for j, p in zip(idx, guesses):
