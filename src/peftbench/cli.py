@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import sys
@@ -207,52 +208,75 @@ def _execute(raw: dict, results_dir: Path, force: bool):
         reporter.close()
 
 
+# Options run and compare share (model, task, data, budget, ...): declared once, reaching each
+# command as `opts` (flag name -> value), which _flags turns into config keys.
+SHARED_OPTIONS: list[tuple[str, Any, Any]] = [
+    ("model", Optional[str], Opt(None, help="Hub model id or local folder; 'default' is the bundled all-MiniLM-L6-v2, 'smollm2' the bundled SmolLM2.")),
+    ("trust_remote_code", bool, Opt(False, help="Allow the model repository's own Python code to run.")),
+    ("gguf_file", Optional[str], Opt(None, help="A GGUF weights file inside the model folder or repo.")),
+    ("task", Optional[str], Opt(None, "--task", "-t", help="Task kind (default classification; see: peftbench tasks).")),
+    ("data", Optional[str], Opt(None, help="'builtin:tweet_eval_emotion' (or dialogsum, commonsense_qa), a data folder, or a hub dataset name.")),
+    ("column", list[str], Opt([], "--column", help="Column of a role, ROLE=NAME (text, target, references, question, choices, answer, image, ...); repeatable.")),
+    ("generation", list[str], Opt([], "--generation", "-g", help="Decoding setting KEY=VALUE (max_new_tokens, num_beams, do_sample, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size); repeatable.")),
+    ("prompt", Optional[str], Opt(None, help="Prompt template with {input}, for decoder and seq2seq models.")),
+    ("max_target_length", Optional[int], Opt(None, help="Truncate training targets to this many tokens.")),
+    ("test_fraction", Optional[float], Opt(None, help="Carve this share of train as the test split when the data has none.")),
+    ("samples", Optional[int], Opt(None, help="Test examples stored with untuned and tuned outputs (default 5).")),
+    ("optimizer", Optional[str], Opt(None, help="adamw (default), adafactor or prodigy.")),
+    ("subset", Optional[str], Opt(None, help="Hub dataset configuration name.")),
+    ("train_file", Optional[str], Opt(None, help="Training file (.csv/.json/.jsonl/.parquet).")),
+    ("validation_file", Optional[str], Opt(None, help="Validation file; carved from train when absent.")),
+    ("test_file", Optional[str], Opt(None, help="Test file.")),
+    ("text_column", Optional[str], Opt(None, help="Text column name (default: text).")),
+    ("text_pair_column", Optional[str], Opt(None, help="Second text column for pair tasks.")),
+    ("label_column", Optional[str], Opt(None, help="Label column name (default: label).")),
+    ("max_train_examples", Optional[int], Opt(None, help="Use only the first N training examples.")),
+    ("max_eval_examples", Optional[int], Opt(None, help="Use only the first N validation and test examples.")),
+    ("max_length", Optional[int], Opt(None, help="Truncate inputs to this many tokens.")),
+    ("steps", Optional[int], Opt(None, help=f"Budget in optimizer steps (compare: the same for every method, {MAIN_JOB_STEPS} when no --config/--epochs).")),
+    ("epochs", Optional[float], Opt(None, help="Budget in epochs (default 1).")),
+    ("batch_size", Optional[int], Opt(None, help="Training batch size.")),
+    ("eval_batch_size", Optional[int], Opt(None, help="Evaluation batch size (default 64; lower it for large vocabularies).")),
+    ("grad_accum", Optional[int], Opt(None, help="Gradient accumulation steps.")),
+    ("eval_every", Optional[int], Opt(None, help="Validate every N steps (default: 4 points per run).")),
+    ("seed", Optional[int], Opt(None, help="Random seed.")),
+    ("results_dir", Path, Opt(RESULTS_DIR, help="Results folder (SQLite + run folders).")),
+]
+
+
+def with_shared_options(fn: Callable) -> Callable:
+    """Give a command the SHARED_OPTIONS after its own; they reach it as one `opts` dict."""
+    own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "opts"]
+    shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t) for n, t, d in SHARED_OPTIONS]
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        opts = {n: kwargs.pop(n) for n, _, _ in SHARED_OPTIONS}
+        return fn(**kwargs, opts=opts)
+
+    wrapper.__signature__ = inspect.Signature(own + shared)  # what Typer reads
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
+    return wrapper
+
+
 @app.command("run")
 @friendly
+@with_shared_options
 def run_cmd(
     method: Optional[str] = Opt(None, "--method", "-m", help="Method name (default lora; see: peftbench methods)."),
     param: list[str] = Opt([], "--param", "-p", help="Method hyper-parameter KEY=VALUE; repeatable."),
     config: Optional[Path] = Opt(None, "--config", "-c", help="YAML run config (model:, task:, method:, train:)."),
-    model: Optional[str] = Opt(None, help="Hub model id or local folder; 'default' is the bundled all-MiniLM-L6-v2."),
-    trust_remote_code: bool = Opt(False, help="Allow the model repository's own Python code to run."),
-    gguf_file: Optional[str] = Opt(None, help="A GGUF weights file inside the model folder or repo."),
-    task: Optional[str] = Opt(None, "--task", "-t", help="Task kind (default classification; see: peftbench tasks)."),
-    data: Optional[str] = Opt(None, help="'builtin:tweet_eval_emotion' (or dialogsum, commonsense_qa), a data folder, or a hub dataset name."),
-    column: list[str] = Opt([], "--column", help="Column of a role, ROLE=NAME (text, target, references, question, choices, answer, image, ...); repeatable."),
-    generation: list[str] = Opt([], "--generation", "-g", help="Decoding setting KEY=VALUE (max_new_tokens, num_beams, do_sample, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size); repeatable."),
-    prompt: Optional[str] = Opt(None, help="Prompt template with {input}, for decoder and seq2seq models."),
-    max_target_length: Optional[int] = Opt(None, help="Truncate training targets to this many tokens."),
-    test_fraction: Optional[float] = Opt(None, help="Carve this share of train as the test split when the data has none."),
-    samples: Optional[int] = Opt(None, help="Test examples stored with untuned and tuned outputs (default 5)."),
-    optimizer: Optional[str] = Opt(None, help="adamw (default), adafactor or prodigy."),
-    subset: Optional[str] = Opt(None, help="Hub dataset configuration name."),
-    train_file: Optional[str] = Opt(None, help="Training file (.csv/.json/.jsonl/.parquet)."),
-    validation_file: Optional[str] = Opt(None, help="Validation file; carved from train when absent."),
-    test_file: Optional[str] = Opt(None, help="Test file."),
-    text_column: Optional[str] = Opt(None, help="Text column name (default: text)."),
-    text_pair_column: Optional[str] = Opt(None, help="Second text column for pair tasks."),
-    label_column: Optional[str] = Opt(None, help="Label column name (default: label)."),
-    max_train_examples: Optional[int] = Opt(None, help="Use only the first N training examples."),
-    max_eval_examples: Optional[int] = Opt(None, help="Use only the first N validation and test examples."),
-    max_length: Optional[int] = Opt(None, help="Truncate inputs to this many tokens."),
     lr: Optional[float] = Opt(None, help="Learning rate (default: the method's)."),
-    steps: Optional[int] = Opt(None, help="Budget in optimizer steps."),
-    epochs: Optional[float] = Opt(None, help="Budget in epochs (default 1)."),
-    batch_size: Optional[int] = Opt(None, help="Training batch size."),
-    eval_batch_size: Optional[int] = Opt(None, help="Evaluation batch size (default 64; lower it for large vocabularies)."),
-    grad_accum: Optional[int] = Opt(None, help="Gradient accumulation steps."),
-    eval_every: Optional[int] = Opt(None, help="Validate every N steps (default: 4 points per run)."),
-    seed: Optional[int] = Opt(None, help="Random seed."),
-    results_dir: Path = Opt(RESULTS_DIR, help="Results folder (SQLite + run folders)."),
     force: bool = Opt(False, help="Re-run even if this exact config already finished."),
     json_out: bool = Opt(False, "--json", help="Print the stored run as JSON."),
+    opts: dict[str, Any] = {},
 ) -> None:
     """Fine-tune one method and store the measured result."""
-    flags = {**_flags(**locals()), "method.name": method}
+    flags = {**_flags(**opts, lr=lr), "method.name": method}
     raw, _ = build_config(config, flags, param)
     from peftbench.report.tables import compare_table, summary
 
-    res = _execute(raw, results_dir, force)
+    res = _execute(raw, opts["results_dir"], force)
     if json_out:
         print(json.dumps({**summary(res.row), "skipped": res.skipped, "result": res.row.result}, indent=2))
     else:
@@ -261,50 +285,22 @@ def run_cmd(
 
 @app.command("compare")
 @friendly
+@with_shared_options
 def compare_cmd(
     methods: str = Opt(DEFAULT_METHODS, "--methods", help="Comma-separated methods to compare."),
     config: Optional[Path] = Opt(None, "--config", "-c", help="YAML base config; may list methods: [...]"),
-    model: Optional[str] = Opt(None, help="Hub model id or local folder; 'default' is the bundled all-MiniLM-L6-v2."),
-    trust_remote_code: bool = Opt(False, help="Allow the model repository's own Python code to run."),
-    gguf_file: Optional[str] = Opt(None, help="A GGUF weights file inside the model folder or repo."),
-    task: Optional[str] = Opt(None, "--task", "-t", help="Task kind (default classification; see: peftbench tasks)."),
-    data: Optional[str] = Opt(None, help="'builtin:tweet_eval_emotion' (or dialogsum, commonsense_qa), a data folder, or a hub dataset name."),
-    column: list[str] = Opt([], "--column", help="Column of a role, ROLE=NAME (text, target, references, question, choices, answer, image, ...); repeatable."),
-    generation: list[str] = Opt([], "--generation", "-g", help="Decoding setting KEY=VALUE (max_new_tokens, num_beams, do_sample, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size); repeatable."),
-    prompt: Optional[str] = Opt(None, help="Prompt template with {input}, for decoder and seq2seq models."),
-    max_target_length: Optional[int] = Opt(None, help="Truncate training targets to this many tokens."),
-    test_fraction: Optional[float] = Opt(None, help="Carve this share of train as the test split when the data has none."),
-    samples: Optional[int] = Opt(None, help="Test examples stored with untuned and tuned outputs (default 5)."),
-    optimizer: Optional[str] = Opt(None, help="adamw (default), adafactor or prodigy."),
-    subset: Optional[str] = Opt(None, help="Hub dataset configuration name."),
-    train_file: Optional[str] = Opt(None, help="Training file (.csv/.json/.jsonl/.parquet)."),
-    validation_file: Optional[str] = Opt(None, help="Validation file; carved from train when absent."),
-    test_file: Optional[str] = Opt(None, help="Test file."),
-    text_column: Optional[str] = Opt(None, help="Text column name (default: text)."),
-    text_pair_column: Optional[str] = Opt(None, help="Second text column for pair tasks."),
-    label_column: Optional[str] = Opt(None, help="Label column name (default: label)."),
-    max_train_examples: Optional[int] = Opt(None, help="Use only the first N training examples."),
-    max_eval_examples: Optional[int] = Opt(None, help="Use only the first N validation and test examples."),
-    max_length: Optional[int] = Opt(None, help="Truncate inputs to this many tokens."),
-    steps: Optional[int] = Opt(None, help=f"Budget in optimizer steps, the same for every method (default {MAIN_JOB_STEPS} without --config/--epochs)."),
-    epochs: Optional[float] = Opt(None, help="Budget in epochs (default 1)."),
-    batch_size: Optional[int] = Opt(None, help="Training batch size."),
-    eval_batch_size: Optional[int] = Opt(None, help="Evaluation batch size (default 64; lower it for large vocabularies)."),
-    grad_accum: Optional[int] = Opt(None, help="Gradient accumulation steps."),
-    eval_every: Optional[int] = Opt(None, help="Validate every N steps."),
-    seed: Optional[int] = Opt(None, help="Random seed."),
-    results_dir: Path = Opt(RESULTS_DIR, help="Results folder (SQLite + run folders)."),
     force: bool = Opt(False, help="Re-run configs that already finished."),
     json_out: bool = Opt(False, "--json", help="Print the comparison as JSON."),
+    opts: dict[str, Any] = {},
 ) -> None:
     """Run several methods on one model and task (each at its own default learning rate), then tabulate."""
     from peftbench.methods import get_method
     from peftbench.report.tables import compare_table, summary
 
-    if config is None and steps is None and epochs is None:
-        steps = MAIN_JOB_STEPS
-        err.print(f"budget: {steps} steps per method (the default comparison's budget; set --steps or --epochs)")
-    raw, listed = build_config(config, _flags(**locals()), [])
+    if config is None and opts["steps"] is None and opts["epochs"] is None:
+        opts = {**opts, "steps": MAIN_JOB_STEPS}
+        err.print(f"budget: {MAIN_JOB_STEPS} steps per method (the default comparison's budget; set --steps or --epochs)")
+    raw, listed = build_config(config, _flags(**opts), [])
     entries = listed if listed and methods == DEFAULT_METHODS else [m.strip() for m in methods.split(",") if m.strip()]
     specs = [e if isinstance(e, dict) else {"name": e} for e in entries]
     for s in specs:  # refuse a bad method before any run starts
@@ -312,7 +308,7 @@ def compare_cmd(
     raws = [deep_merge(raw, {"method": s}) for s in specs]
     for r in raws:
         parse_config(r)
-    rows = [_execute(r, results_dir, force).row for r in raws]
+    rows = [_execute(r, opts["results_dir"], force).row for r in raws]
     if json_out:
         print(json.dumps([summary(r) for r in rows], indent=2))
     else:
