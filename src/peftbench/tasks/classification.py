@@ -26,7 +26,8 @@ from peftbench.tasks.generation import PairCodec
 from peftbench.tasks.metrics import classification_metrics
 from peftbench.tasks.sources import SPLITS, load_splits
 from peftbench.tasks.text import (
-    PAD_MULTIPLE, endless_batches, fit_max_length, length_grouped_batches, load_text_model_config, position_limit,
+    PAD_MULTIPLE, choice_logprobs, endless_batches, fit_max_length, length_grouped_batches, load_text_model_config,
+    position_limit,
 )
 
 __all__ = ["Classification", "classification_metrics", "length_grouped_batches", "position_limit"]
@@ -166,11 +167,9 @@ class Classification(Task):
         batch = self.codec.collate(rows)
         labels = batch.pop("labels").to(next(model.parameters()).device)
         batch = {k: v.to(labels.device) for k, v in batch.items()}
-        logits = (flops.forward(model, batch) if flops is not None else model(**batch)).logits[:, :-1].float()
-        target = labels[:, 1:]
-        mask = target != -100
-        logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        return ((logp * mask).sum(-1) / mask.sum(-1)).view(len(prompts), len(self._label_ids))
+        logits = (flops.forward(model, batch) if flops is not None else model(**batch)).logits
+        sums, counts = choice_logprobs(logits, labels, shift=True)
+        return (sums / counts).view(len(prompts), len(self._label_ids))
 
     def demonstrate(self, k: int, seed: int) -> dict[str, Any]:
         if self._mode == "head":  # a classification head reads no demonstrations

@@ -24,17 +24,7 @@ from peftbench.config import GenerationSpec, ModelSpec
 from peftbench.errors import UserError
 from peftbench.tasks.base import Batch, EvalResult, Progress, Task
 from peftbench.tasks.sources import SPLITS, load_splits
-from peftbench.tasks.text import PAD_MULTIPLE, endless_batches, fit_max_length, load_text_model_config, position_limit
-
-
-def _special_affixes(tok: Any) -> tuple[list[int], list[int]]:
-    """The ids a tokenizer adds before and after a text ([CLS]/<s> ..., ... </s>)."""
-    bare = tok("a", add_special_tokens=False)["input_ids"]
-    full = tok("a")["input_ids"]
-    for i in range(len(full) - len(bare) + 1):
-        if full[i : i + len(bare)] == bare:
-            return full[:i], full[i + len(bare) :]
-    return [], []
+from peftbench.tasks.text import endless_batches, fit_max_length, load_text_model_config, pad, position_limit, special_affixes
 
 
 class PairCodec:
@@ -46,7 +36,7 @@ class PairCodec:
         pre, post = template.split("{input}")
         self.pre = tok(pre, add_special_tokens=False)["input_ids"] if pre else []
         self.post = tok(post, add_special_tokens=False)["input_ids"] if post else []
-        self.prefix, suffix = _special_affixes(tok)
+        self.prefix, suffix = special_affixes(tok)
         self.suffix = suffix if self.seq2seq else []  # a decoder's prompt must not end the sequence
         self.max_length, self.max_target_length = max_length, max_target_length
         self.template = template
@@ -84,14 +74,10 @@ class PairCodec:
 
     def collate(self, rows: list[dict[str, list[int]]], left: bool = False) -> Batch:
         """Pad to a multiple of 8 (few shapes for the FLOP cache); labels pad with -100."""
-        def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
-            width = -(-max(len(s) for s in seqs) // PAD_MULTIPLE) * PAD_MULTIPLE
-            return torch.tensor([[value] * (width - len(s)) + s if left else s + [value] * (width - len(s)) for s in seqs])
-
         ids = [r["input_ids"] for r in rows]
-        batch = {"input_ids": pad(ids, self.tok.pad_token_id), "attention_mask": pad([[1] * len(s) for s in ids], 0)}
+        batch = {"input_ids": pad(ids, self.tok.pad_token_id, left), "attention_mask": pad([[1] * len(s) for s in ids], 0, left)}
         if "labels" in rows[0]:
-            batch["labels"] = pad([r["labels"] for r in rows], -100)
+            batch["labels"] = pad([r["labels"] for r in rows], -100, left)
         return batch
 
     def generate(self, model: nn.Module, prompts: list[list[int]], gen: GenerationSpec, flops: Any = None,

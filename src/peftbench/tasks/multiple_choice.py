@@ -36,7 +36,10 @@ from peftbench.models import load_pretrained
 from peftbench.tasks import register
 from peftbench.tasks.base import Batch, EvalResult, Progress, Task
 from peftbench.tasks.sources import SPLITS, builtin_columns, load_splits
-from peftbench.tasks.text import PAD_MULTIPLE, fit_max_length, length_grouped_batches, load_text_model_config, position_limit
+from peftbench.tasks.text import (  # noqa: F401  (choice_logprobs: re-exported)
+    PAD_MULTIPLE, choice_logprobs, fit_max_length, length_grouped_batches, load_text_model_config, pad, position_limit,
+    special_affixes,
+)
 
 # Column names looked for, in order, when neither the config nor the built-in data names one.
 ALTERNATES = {
@@ -57,27 +60,6 @@ def letter(i: int) -> str:
 def _short(text: str, n: int = EXCERPT) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 3] + "..."
-
-
-def _pad_to(n: int, multiple: int = PAD_MULTIPLE) -> int:
-    return max(multiple, -(-n // multiple) * multiple)
-
-
-def choice_logprobs(logits: torch.Tensor, labels: torch.Tensor, shift: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: the summed log-probability of its labelled tokens (labels != -100), and their count.
-
-    shift: a decoder's logits at position t predict token t+1 (so labels move one left);
-    a seq2seq decoder's logits are aligned with its labels already.
-    """
-    if shift:
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    mask = labels != -100
-    picked = logits[mask].float()  # [tokens, vocab]: only the scored positions (saves memory)
-    target = labels[mask]
-    lp = picked.gather(-1, target[:, None]).squeeze(-1) - picked.logsumexp(-1)
-    rows = mask.nonzero()[:, 0]
-    sums = torch.zeros(labels.shape[0], dtype=lp.dtype, device=lp.device).index_add_(0, rows, lp)
-    return sums, mask.sum(-1)
 
 
 @register
@@ -241,20 +223,10 @@ class MultipleChoice(Task):
             self._decoder_start = start if start is not None else tok.pad_token_id
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tok.pad_token_id
-        self._specials = self._special_tokens(tok)
+        self._specials = special_affixes(tok)
         self._encoded: dict[str, list[dict[str, Any]]] = {}
         self._collate = DataCollatorWithPadding(tok, pad_to_multiple_of=PAD_MULTIPLE, return_tensors="pt")
         return model, tok
-
-    @staticmethod
-    def _special_tokens(tok: Any) -> tuple[list[int], list[int]]:
-        """The tokens the tokenizer puts before and after one text (Llama's BOS, T5's EOS, BART's both)."""
-        with_sp = tok("a")["input_ids"]
-        plain = tok("a", add_special_tokens=False)["input_ids"]
-        for k in range(len(with_sp) - len(plain) + 1):
-            if plain and with_sp[k : k + len(plain)] == plain:
-                return with_sp[:k], with_sp[k + len(plain) :]
-        return [], []
 
     # -- encoding --------------------------------------------------------------------
 
@@ -377,29 +349,25 @@ class MultipleChoice(Task):
 
     # -- batching --------------------------------------------------------------------
 
-    def _pad(self, seqs: list[list[int]], value: int) -> torch.Tensor:
-        width = _pad_to(max(len(s) for s in seqs))
-        return torch.tensor([s + [value] * (width - len(s)) for s in seqs])
-
     def _lm_batch(self, rows: list[dict[str, Any]], which: list[list[int]]) -> Batch:
         """Sequences of a decoder / seq2seq batch: for each row, the choices listed in `which`."""
-        pad = self.tokenizer.pad_token_id
+        pad_id = self.tokenizer.pad_token_id
         seqs = [(r, r["choices"][j]) for r, js in zip(rows, which) for j in js]
         if self.family == "decoder":
             ids = [s["input_ids"] for _, s in seqs]
             return {
-                "input_ids": self._pad(ids, pad),
-                "attention_mask": self._pad([[1] * len(x) for x in ids], 0),
-                "labels": self._pad([s["labels"] for _, s in seqs], -100),
+                "input_ids": pad(ids, pad_id),
+                "attention_mask": pad([[1] * len(x) for x in ids], 0),
+                "labels": pad([s["labels"] for _, s in seqs], -100),
             }
         src = [r["source"] for r, _ in seqs]
         dec = [s["decoder_input_ids"] for _, s in seqs]
         return {
-            "input_ids": self._pad(src, pad),
-            "attention_mask": self._pad([[1] * len(x) for x in src], 0),
-            "decoder_input_ids": self._pad(dec, pad),
-            "decoder_attention_mask": self._pad([[1] * len(x) for x in dec], 0),
-            "labels": self._pad([s["labels"] for _, s in seqs], -100),
+            "input_ids": pad(src, pad_id),
+            "attention_mask": pad([[1] * len(x) for x in src], 0),
+            "decoder_input_ids": pad(dec, pad_id),
+            "decoder_attention_mask": pad([[1] * len(x) for x in dec], 0),
+            "labels": pad([s["labels"] for _, s in seqs], -100),
         }
 
     def _encoder_batch(self, rows: list[dict[str, Any]]) -> Batch:

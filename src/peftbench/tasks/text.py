@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from peftbench import models
@@ -46,6 +47,39 @@ def endless_batches(rows: list[dict[str, Any]], batch_size: int, seed: int,
     while True:
         for idx in length_grouped_batches(lengths, batch_size, rng):
             yield collate([rows[j] for j in idx])
+
+
+def special_affixes(tok: Any) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer puts before and after one text (Llama's BOS, T5's EOS, BART's both)."""
+    bare = tok("a", add_special_tokens=False)["input_ids"]
+    full = tok("a")["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if bare and full[i : i + len(bare)] == bare:
+            return full[:i], full[i + len(bare) :]
+    return [], []
+
+
+def pad(seqs: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+    """Sequences padded to one width, a multiple of PAD_MULTIPLE (few shapes for the FLOP cache)."""
+    width = max(PAD_MULTIPLE, -(-max(len(s) for s in seqs) // PAD_MULTIPLE) * PAD_MULTIPLE)
+    return torch.tensor([[value] * (width - len(s)) + s if left else s + [value] * (width - len(s)) for s in seqs])
+
+
+def choice_logprobs(logits: torch.Tensor, labels: torch.Tensor, shift: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed log-probability of its labelled tokens (labels != -100), and their count.
+
+    shift: a decoder's logits at position t predict token t+1 (so labels move one left);
+    a seq2seq decoder's logits are aligned with its labels already.
+    """
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    mask = labels != -100
+    picked = logits[mask].float()  # [tokens, vocab]: only the scored positions (saves memory)
+    target = labels[mask]
+    lp = picked.gather(-1, target[:, None]).squeeze(-1) - picked.logsumexp(-1)
+    rows = mask.nonzero()[:, 0]
+    sums = torch.zeros(labels.shape[0], dtype=lp.dtype, device=lp.device).index_add_(0, rows, lp)
+    return sums, mask.sum(-1)
 
 
 def position_limit(tok: Any, config: Any) -> int | None:
