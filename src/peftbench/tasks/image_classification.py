@@ -35,7 +35,7 @@ from peftbench.errors import UserError
 from peftbench.tasks import register
 from peftbench.tasks.base import Batch, EvalResult, Progress, Task
 from peftbench.tasks.metrics import classification_metrics
-from peftbench.tasks.sources import CARVE_SEED, SPLIT_ALIASES, SPLITS, SUFFIXES, builtin_dir, load_splits
+from peftbench.tasks.sources import CARVE_SEED, SPLIT_ALIASES, SPLITS, builtin_dir, load_splits, split_files
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 DEFAULT_TEST_FRACTION = 0.2  # a flat image folder has no test split: carve this share of it
@@ -148,19 +148,8 @@ class ImageClassification(Task):
         self.labels = labels
         self.splits = {s: {"image": [it for it, _ in raw[s]], "label": [index[y] for _, y in raw[s]]} for s in SPLITS}
 
-    @staticmethod
-    def _split_tables(folder: Path) -> dict[str, Path]:
-        """The train/validation/test table files of a folder (as sources.load_splits finds them)."""
-        found: dict[str, Path] = {}
-        for f in sorted(folder.iterdir()):
-            if f.is_file() and f.suffix.lower() in SUFFIXES:
-                for split, names in SPLIT_ALIASES.items():
-                    if f.stem.lower() in names and split not in found:
-                        found[split] = f
-        return found
-
     def _has_tables(self, folder: Path) -> bool:
-        return bool(self._split_tables(folder))
+        return bool(split_files(folder))
 
     def _from_folder(self, root: Path) -> tuple[dict[str, list[tuple[Item, str]]], list[str]]:
         d = self.spec.data
@@ -249,7 +238,7 @@ class ImageClassification(Task):
         files = {s: Path(getattr(d, f"{s}_file")).expanduser() for s in SPLITS if getattr(d, f"{s}_file")}
         if not files:
             root = builtin_dir(d.source[8:]) if d.source.startswith("builtin:") else Path(d.source).expanduser()
-            files = self._split_tables(root) if root.is_dir() else {}
+            files = split_files(root) if root.is_dir() else {}
         first = files.get("train") or next(iter(files.values()), None)
         base = first.parent if first else Path.cwd()  # a hub dataset: paths as given
         folders = {s: files[s].parent if s in files else base for s in SPLITS}

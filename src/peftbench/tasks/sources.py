@@ -139,10 +139,11 @@ def _read_json_records(path: Path) -> list[dict]:
     return rows
 
 
-def _split_files(folder: Path) -> dict[str, Path]:
+def split_files(folder: Path) -> dict[str, Path]:
+    """The train / validation / test data files of a folder, by name (aliases: valid, val, dev)."""
     found: dict[str, Path] = {}
     for f in sorted(folder.iterdir()):
-        if f.suffix.lower() not in SUFFIXES:
+        if not f.is_file() or f.suffix.lower() not in SUFFIXES:
             continue
         for split, names in SPLIT_ALIASES.items():
             if f.stem.lower() in names and split not in found:
@@ -175,10 +176,10 @@ def load_splits(spec: DataSpec) -> DatasetDict:
     if files:
         dd = DatasetDict({s: read_file(Path(p).expanduser()) for s, p in files.items()})
     elif spec.source.startswith("builtin:"):
-        dd = DatasetDict({s: read_file(p) for s, p in _split_files(builtin_dir(spec.source[8:])).items()})
+        dd = DatasetDict({s: read_file(p) for s, p in split_files(builtin_dir(spec.source[8:])).items()})
     elif Path(spec.source).expanduser().is_dir():
         folder = Path(spec.source).expanduser()
-        found = _split_files(folder)
+        found = split_files(folder)
         if not found:
             raise UserError(f"data folder '{folder}' holds no train/validation/test .csv/.json/.jsonl/.parquet files")
         dd = DatasetDict({s: read_file(p) for s, p in found.items()})
