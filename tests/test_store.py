@@ -109,8 +109,11 @@ def test_killed_run_is_not_counted_as_done(tiny_config: dict, tmp_path: Path) ->
         deadline = time.time() + 120
         while time.time() < deadline:  # wait until training has started (row written)
             db = res / "results.sqlite"
-            if db.exists() and sqlite3.connect(db).execute("SELECT count(*) FROM runs").fetchone()[0]:
-                break
+            try:  # the file exists a moment before its tables do
+                if db.exists() and sqlite3.connect(db).execute("SELECT count(*) FROM runs").fetchone()[0]:
+                    break
+            except sqlite3.OperationalError:
+                pass
             time.sleep(0.2)
         else:
             pytest.fail("run never started")
