@@ -97,7 +97,9 @@ class TrainSpec(Spec):
     eval_batch_size: int = Field(64, ge=1)
     grad_accum: int = Field(1, ge=1)
     steps: int | None = Field(None, ge=1)  # budget: optimizer steps ...
-    epochs: float | None = Field(None, gt=0.0)  # ... or epochs (steps wins if both)
+    epochs: float | None = Field(None, gt=0.0)  # ... or epochs (steps wins if both) ...
+    flops: float | None = Field(None, gt=0.0)  # ... or measured training FLOPs ...
+    seconds: float | None = Field(None, gt=0.0)  # ... or training wall seconds (evaluation excluded)
     warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.01, ge=0.0)
     max_grad_norm: float | None = Field(1.0, gt=0.0)
@@ -105,12 +107,34 @@ class TrainSpec(Spec):
     select_metric: str | None = None  # validation metric that picks the checkpoint; None: the task's
     optimizer: Literal["adamw", "adafactor", "prodigy"] = "adamw"
     seed: int = 0
+    test: bool = True  # score the test split at the end; False for learning-rate search runs
 
     @model_validator(mode="after")
     def _default_budget(self) -> TrainSpec:
-        if self.steps is None and self.epochs is None:
+        if self.flops is not None or self.seconds is not None:
+            if self.flops is not None and self.seconds is not None:
+                raise ValueError("give one compute budget: train.flops or train.seconds, not both")
+            if self.steps is not None or self.epochs is not None:
+                raise ValueError("a train.flops or train.seconds budget replaces train.steps/epochs; drop those")
+        elif self.steps is None and self.epochs is None:
             self.epochs = 1.0
         return self
+
+    @property
+    def budget(self) -> tuple[str, float]:
+        """The budget's kind (steps, epochs, flops or seconds) and size."""
+        for kind in ("flops", "seconds", "steps", "epochs"):
+            if (value := getattr(self, kind)) is not None:
+                return kind, float(value)
+        raise AssertionError("a TrainSpec always has a budget")
+
+
+class MeasureSpec(Spec):
+    """Inference measurements taken after training (they change what is stored, so they are hashed)."""
+
+    latency: bool = True  # latency at batch 1 and throughput at batch `latency_batch`, merged too when possible
+    latency_batch: int = Field(32, ge=1)
+    latency_repeats: int = Field(5, ge=1)
 
 
 class RunConfig(Spec):
@@ -118,6 +142,7 @@ class RunConfig(Spec):
     task: TaskSpec = TaskSpec()
     method: MethodSpec = MethodSpec()
     train: TrainSpec = TrainSpec()
+    measure: MeasureSpec = MeasureSpec()
 
     def canonical(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
