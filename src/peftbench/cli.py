@@ -89,9 +89,9 @@ class BarReporter:
             self.progress.start()
             self.started = True
         if name not in self.bars:
-            self.bars[name] = self.progress.add_task(f"{name} {self.label}", total=total)
-        self.progress.update(self.bars[name], completed=done, total=total)
-        if done >= total:
+            self.bars[name] = self.progress.add_task(f"{name} {self.label}", total=total or None)
+        self.progress.update(self.bars[name], completed=done, total=total or None)
+        if total and done >= total:  # a FLOPs or seconds budget has no step total: the bar counts up
             self.progress.remove_task(self.bars.pop(name))
 
     def start(self, total_steps: int) -> None:

@@ -22,7 +22,7 @@ import peftbench
 from peftbench import models
 from peftbench.config import RunConfig
 from peftbench.errors import UserError
-from peftbench.measure.flops import FlopMeter
+from peftbench.measure.flops import FlopMeter, shape_key
 from peftbench.measure.memory import peak_bytes, reset_peak
 from peftbench.measure.size import count_parameters, dir_bytes
 from peftbench.methods import get_method
@@ -30,7 +30,7 @@ from peftbench.methods.base import Context, Method
 from peftbench.store import RunRow, Store
 from peftbench.tasks import get_task
 from peftbench.train import optim
-from peftbench.train.loop import Quiet, Reporter, budget_steps, train
+from peftbench.train.loop import Budget, Quiet, Reporter, train
 
 
 def versions() -> dict[str, str]:
@@ -45,8 +45,9 @@ def normalize(cfg: RunConfig) -> tuple[RunConfig, Method]:
     method = get_method(cfg.method.name)(cfg.method.params)
     cfg = cfg.model_copy(deep=True)
     cfg.method.params = method.normalized_params()
-    if not method.trains:
-        cfg.train.lr = None  # nothing trains, so no rate may split otherwise equal configs
+    if not method.trains:  # nothing trains, so no rate or budget may split otherwise equal configs
+        cfg.train.lr = None
+        cfg.train.steps = cfg.train.epochs = cfg.train.flops = cfg.train.seconds = None
     elif cfg.train.lr is None:
         cfg.train.lr = optim.default_lr(cfg.train.optimizer, method.default_lr)
     return cfg, method
@@ -71,8 +72,73 @@ def excerpt(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def describe_budget(budget: Budget) -> str:
+    if budget.kind == "flops":
+        return f"{budget.limit:.4g} training FLOPs"
+    return f"{budget.limit:g} {'steps' if budget.kind == 'steps' else 'training seconds'}"
+
+
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Prepared:
+    task: Any
+    model: torch.nn.Module  # with the method applied
+    budget: Budget
+    select: str
+    untuned: list[Any]  # the untouched model's predictions on the first test samples
+
+
+def prepare(cfg: RunConfig, method: Method, samples: bool) -> Prepared:
+    """Task, data and model with the method applied; refuses bad input (UserError) before anything is stored."""
+    torch.manual_seed(cfg.train.seed)  # the task head's initialisation is part of the run
+    if method.trains:
+        optim.require(cfg.train.optimizer)
+    task = make_task(cfg, method)
+    select = cfg.train.select_metric or task.select_metric
+    if select not in (*task.metrics, "loss"):
+        raise UserError(
+            f"select metric '{select}' is not one task '{task.kind}' reports; "
+            f"use one of: {', '.join((*task.metrics, 'loss'))}"
+        )
+    task.load_data()
+    model, _ = task.load_model(cfg.model)
+    budget = Budget.of(cfg.train, task.train_size) if method.trains else Budget("steps", 0)
+    ctx = Context(task.peft_task_type, models.resolve(cfg.model), max(budget.steps, 1) if budget.steps is not None else None,
+                  family=task.family, head_modules=list(task.head_modules))
+    method.check(ctx)
+    n_samples = min(cfg.task.samples, task.split_size("test")) if samples and cfg.train.test else 0
+    untuned = task.evaluate(model, "test", cfg.train.eval_batch_size, limit=n_samples).predictions if n_samples else []
+    method.prepare_task(task)
+    return Prepared(task, method.apply(model, ctx), budget, select, untuned)
+
+
+def calibrate_flops(cfg: RunConfig, steps: int) -> int:
+    """Training FLOPs the config spends in its first `steps` optimizer steps, counted without training.
+
+    FLOPs depend only on batch shapes, so each distinct shape among those batches gets one
+    counted forward + backward (gradients dropped, no update); the rest reuse its figure.
+    """
+    cfg, method = normalize(cfg)
+    if not method.trains:
+        raise UserError(f"method '{cfg.method.name}' trains nothing, so it cannot set a FLOPs budget; pick a training method")
+    prep = prepare(cfg, method, samples=False)
+    device = pick_device()
+    model = prep.model.to(device)
+    model.train()
+    meter = FlopMeter()
+    batches = prep.task.train_batches(cfg.train.batch_size, cfg.train.seed)
+    total = 0
+    for _ in range(steps * cfg.train.grad_accum):
+        batch = next(batches)
+        key = shape_key(batch)
+        if key not in meter.cache:
+            meter.train_step(model, {k: v.to(device) for k, v in batch.items()})
+            model.zero_grad(set_to_none=True)
+        total += sum(meter.cache[key])
+    return total
 
 
 @dataclass
@@ -95,26 +161,8 @@ def run(
             return RunOutcome(done, skipped=True)
 
     # -- everything below may still refuse bad input; nothing is stored yet ----------
-    torch.manual_seed(cfg.train.seed)  # the task head's initialisation is part of the run
-    if method.trains:
-        optim.require(cfg.train.optimizer)
-    task = make_task(cfg, method)
-    select = cfg.train.select_metric or task.select_metric
-    if select not in (*task.metrics, "loss"):
-        raise UserError(
-            f"select metric '{select}' is not one task '{task.kind}' reports; "
-            f"use one of: {', '.join((*task.metrics, 'loss'))}"
-        )
-    task.load_data()
-    model, _ = task.load_model(cfg.model)
-    total_steps = budget_steps(cfg.train, task.train_size) if method.trains else 0
-    ctx = Context(task.peft_task_type, models.resolve(cfg.model), max(total_steps, 1),
-                  family=task.family, head_modules=list(task.head_modules))
-    method.check(ctx)
-    n_samples = min(cfg.task.samples, task.split_size("test"))
-    untuned = task.evaluate(model, "test", cfg.train.eval_batch_size, limit=n_samples).predictions if n_samples else []
-    method.prepare_task(task)
-    model = method.apply(model, ctx)
+    prep = prepare(cfg, method, samples=True)
+    task, model, budget, select, untuned = prep.task, prep.model, prep.budget, prep.select, prep.untuned
     device = pick_device()
     model.to(device)
     params = count_parameters(model)
@@ -127,27 +175,30 @@ def run(
         reset_peak(device)
         meter, eval_meter = FlopMeter(), FlopMeter()
         log(f"{cfg.method.name}: {params['trainable']:,} trainable of {params['total']:,} parameters, "
-            f"{total_steps} steps, lr {cfg.train.lr}")
-        out = train(model, method, task, cfg.train, cfg.train.lr, total_steps, device, meter, eval_meter, reporter)
+            f"budget {describe_budget(budget)}, lr {cfg.train.lr}")
+        out = train(model, method, task, cfg.train, cfg.train.lr, budget, device, meter, eval_meter, reporter)
         t0 = time.perf_counter()
-        test = task.evaluate(model, "test", cfg.train.eval_batch_size, eval_meter,  # scored once, here
-                             lambda done, total: reporter.evaluating("test", done, total))
+        test = None  # a learning-rate search run (train.test false) is judged on validation only
+        if cfg.train.test:
+            test = task.evaluate(model, "test", cfg.train.eval_batch_size, eval_meter,  # scored once, here
+                                 lambda done, total: reporter.evaluating("test", done, total))
         test_seconds = time.perf_counter() - t0
         peak, peak_kind = peak_bytes(device)
         method.save(model, staged / "adapter")
         selected = next((p for p in out.curve if p.step == out.best_step), out.curve[-1])
         samples = [
             {"input": excerpt(src), "target": target, "untuned": task.render(u), "tuned": task.render(t)}
-            for i, (u, t) in enumerate(zip(untuned, test.predictions))
+            for i, (u, t) in enumerate(zip(untuned, test.predictions if test else []))
             for src, target in [task.example("test", i)]
         ]
         result = {
-            "test": test.metrics,
+            "test": test.metrics if test else None,
             "validation": selected.metrics,
             "metrics": list(task.metrics),
             "select_metric": select,
             "best_step": out.best_step,
             "lr": cfg.train.lr,
+            "budget": {"kind": budget.kind, "value": budget.limit},
             "optimizer": cfg.train.optimizer if method.trains else None,
             "costs": {
                 "params_total": params["total"], "params_trainable": params["trainable"],
@@ -167,7 +218,8 @@ def run(
         (staged / "config.json").write_text(json.dumps(cfg.canonical(), indent=2))
         (staged / "metrics.json").write_text(json.dumps(result, indent=2))
         (staged / "curve.json").write_text(json.dumps(out.curve_dicts(), indent=2))
-        (staged / "predictions.json").write_text(json.dumps({"predictions": test.predictions, "references": test.references}))
+        if test:
+            (staged / "predictions.json").write_text(json.dumps({"predictions": test.predictions, "references": test.references}))
         store.finish(run_id, result, out.curve_dicts(), staged)
     except KeyboardInterrupt:
         store.fail(run_id, "interrupted", "interrupted by the user", staged)

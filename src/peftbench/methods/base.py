@@ -45,7 +45,7 @@ class Context:
 
     peft_task_type: str | None  # peft's TaskType; None where peft has none (multiple choice, images)
     model_name_or_path: str
-    total_steps: int
+    total_steps: int | None  # None under a FLOPs or seconds budget
     family: str = "encoder"  # encoder | decoder | seq2seq | vision (models.family)
     head_modules: list[str] = field(default_factory=list)  # new task head: trained by every method but base
 

@@ -1,6 +1,6 @@
 """The training loop: one screen, measured as it runs.
 
-Budget in optimizer steps; validation every `eval_every` steps gives the learning curve;
+Budget in optimizer steps, measured training FLOPs or seconds; validation every `eval_every` steps gives the learning curve;
 the best validation point's trainable weights are restored at the end. The test split
 is not touched here: the caller scores it once, on the selected weights.
 """
@@ -59,11 +59,42 @@ class TrainOutcome:
         return [asdict(p) for p in self.curve]
 
 
-def budget_steps(spec: TrainSpec, train_size: int) -> int:
+def budget_steps(spec: TrainSpec, train_size: int) -> int | None:
+    """Optimizer steps of a steps or epochs budget; None for a FLOPs or seconds budget."""
     if spec.steps is not None:
         return spec.steps
+    if spec.epochs is None:
+        return None
     per_epoch = math.ceil(train_size / (spec.batch_size * spec.grad_accum))
     return max(1, math.ceil(spec.epochs * per_epoch))
+
+
+@dataclass
+class Budget:
+    """Where training stands against its budget: steps, measured FLOPs or training seconds.
+
+    Training stops after the step that reaches the budget, so a FLOPs or seconds run ends
+    less than one step past it; the schedule and the 4 default evaluations follow `progress`.
+    """
+
+    kind: str  # "steps" (epochs are converted), "flops" or "seconds"
+    limit: float
+
+    @classmethod
+    def of(cls, spec: TrainSpec, train_size: int) -> Budget:
+        steps = budget_steps(spec, train_size)
+        if steps is not None:
+            return cls("steps", steps)
+        kind, value = spec.budget
+        return cls(kind, value)
+
+    def progress(self, step: int, flops: int, seconds: float) -> float:
+        spent = {"steps": step, "flops": flops, "seconds": seconds}[self.kind]
+        return spent / self.limit
+
+    @property
+    def steps(self) -> int | None:
+        return int(self.limit) if self.kind == "steps" else None
 
 
 def better(metric: str, new: float, old: float | None) -> bool:
@@ -73,9 +104,12 @@ def better(metric: str, new: float, old: float | None) -> bool:
 
 
 def train(
-    model: nn.Module, method: Method, task: Task, spec: TrainSpec, lr: float, total_steps: int,
+    model: nn.Module, method: Method, task: Task, spec: TrainSpec, lr: float, budget: Budget | int,
     device: torch.device, meter: FlopMeter, eval_meter: FlopMeter, reporter: Reporter = Quiet(),
 ) -> TrainOutcome:
+    """Train to the budget (an int is a number of steps), validating along the way."""
+    if isinstance(budget, int):
+        budget = Budget("steps", budget)
     def validate(step: int, train_loss: float | None) -> EvalPoint:
         nonlocal eval_seconds
         t0 = time.perf_counter()
@@ -93,16 +127,20 @@ def train(
 
     params = [p for p in model.parameters() if p.requires_grad]
     select = spec.select_metric or task.select_metric
-    optimizer, scheduler = optim.build(model, spec, lr, total_steps)
-    eval_every = spec.eval_every or math.ceil(total_steps / 4)  # 4 points, the last at the end
+    optimizer, scheduler = optim.build(model, spec, lr, budget.steps)
+    # Evaluate every eval_every steps if set, else at 1/4, 2/4, 3/4 of the budget and at its end.
+    eval_every = spec.eval_every or (math.ceil(budget.steps / 4) if budget.steps else None)
+    next_quarter = 0.25
     batches = task.train_batches(spec.batch_size, spec.seed)
     curve: list[EvalPoint] = []
     best: tuple[int, float | None, dict[str, torch.Tensor] | None] = (0, None, None)
     loss_sum, loss_n = torch.zeros(()), 0
     model.train()
-    reporter.start(total_steps)
+    reporter.start(budget.steps or 0)
     t_start = time.perf_counter()
-    for step in range(1, total_steps + 1):
+    step, done = 0, False
+    while not done:
+        step += 1
         for _ in range(spec.grad_accum):
             batch = next(batches)
             tokens += task.batch_tokens(batch)
@@ -112,11 +150,18 @@ def train(
         if spec.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
         optimizer.step()
+        progress = budget.progress(step, meter.total, train_seconds + time.perf_counter() - t_start)
+        done = progress >= 1.0
+        if isinstance(scheduler, optim.ProgressSchedule):
+            scheduler.progress = progress
         scheduler.step()
         method.on_step(model, step)
         optimizer.zero_grad(set_to_none=True)
         reporter.step(step, None)
-        if step % eval_every == 0 or step == total_steps:
+        due = step % eval_every == 0 if eval_every else progress >= next_quarter
+        if due or done:
+            while progress >= next_quarter:
+                next_quarter += 0.25
             train_seconds += time.perf_counter() - t_start
             point = validate(step, float(loss_sum) / loss_n)
             curve.append(point)
@@ -131,4 +176,4 @@ def train(
             named = dict(model.named_parameters())
             for n, v in best[2].items():
                 named[n].copy_(v)
-    return TrainOutcome(total_steps, tokens, train_seconds, eval_seconds, best[0], curve)
+    return TrainOutcome(step, tokens, train_seconds, eval_seconds, best[0], curve)

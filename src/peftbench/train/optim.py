@@ -20,6 +20,7 @@ decay; matrices and embeddings get train.weight_decay.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -65,11 +66,33 @@ def warmup_steps(spec: TrainSpec, total_steps: int) -> int:
     return int(spec.warmup_ratio * total_steps)
 
 
-def build(model: nn.Module, spec: TrainSpec, lr: float, total_steps: int):
-    """(optimizer, scheduler) for spec.optimizer; the scheduler is stepped once per optimizer step."""
+class ProgressSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """The same warm-up + linear (or cosine) shape, driven by the share of the budget spent.
+
+    A FLOPs or seconds budget does not know its step count in advance; the loop sets
+    `progress` (0..1) before each `step()`, and the factor follows it.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_ratio: float, cosine: bool) -> None:
+        self.progress, self.warmup_ratio, self.cosine = 0.0, warmup_ratio, cosine
+        super().__init__(optimizer, lambda _step: self.factor(self.progress))
+
+    def factor(self, p: float) -> float:
+        w = self.warmup_ratio
+        if p < w:
+            return p / w
+        t = min(1.0, (p - w) / (1.0 - w))
+        return 0.5 * (1.0 + math.cos(math.pi * t)) if self.cosine else 1.0 - t
+
+
+def build(model: nn.Module, spec: TrainSpec, lr: float, total_steps: int | None):
+    """(optimizer, scheduler) for spec.optimizer; the scheduler is stepped once per optimizer step.
+
+    total_steps None (a FLOPs or seconds budget): a ProgressSchedule, whose `progress` the loop sets.
+    """
     require(spec.optimizer)
     groups = param_groups(model, spec.weight_decay)
-    warmup = warmup_steps(spec, total_steps)
+    warmup = warmup_steps(spec, total_steps) if total_steps is not None else 0
     if spec.optimizer == "adamw":
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=lr)
     elif spec.optimizer == "adafactor":
@@ -83,7 +106,11 @@ def build(model: nn.Module, spec: TrainSpec, lr: float, total_steps: int):
         # non-zero, which would land in the CLI's (JSON) output. Decay stays decoupled (AdamW-like).
         optimizer = Prodigy(
             groups, lr=lr, weight_decay=0.0, decouple=True,
-            safeguard_warmup=warmup > 0, use_bias_correction=False,
+            safeguard_warmup=warmup > 0 if total_steps is not None else spec.warmup_ratio > 0, use_bias_correction=False,
         )
+    cosine = spec.optimizer == "prodigy"
+    if total_steps is None:
+        return optimizer, ProgressSchedule(optimizer, spec.warmup_ratio, cosine)
+    if cosine:
         return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
