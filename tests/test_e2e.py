@@ -22,7 +22,7 @@ def test_compare_on_real_minilm(tmp_path: Path) -> None:
             "--max-eval-examples", "300", "--results-dir", str(tmp_path)]
     res = CliRunner().invoke(app, args + ["--json"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    rows = {r["method"]: r for r in json.loads(res.stdout)}
+    rows = {r["method"]: r for r in json.loads(res.stdout)["runs"]}
     assert set(rows) == {"base", "lora"}
     base, lora = rows["base"], rows["lora"]
     assert lora["test_macro_f1"] > base["test_macro_f1"] + 0.1  # 30 steps of LoRA clearly learn

@@ -184,7 +184,7 @@ def _flags(**kw: Any) -> dict[str, Any]:
         "text_column": "task.data.text_column", "text_pair_column": "task.data.text_pair_column",
         "label_column": "task.data.label_column", "max_train_examples": "task.data.max_train_examples",
         "max_eval_examples": "task.data.max_eval_examples", "max_length": "task.max_length",
-        "lr": "train.lr", "steps": "train.steps", "epochs": "train.epochs", "batch_size": "train.batch_size", "eval_batch_size": "train.eval_batch_size",
+        "lr": "train.lr", "steps": "train.steps", "epochs": "train.epochs", "flops": "train.flops", "seconds": "train.seconds", "batch_size": "train.batch_size", "eval_batch_size": "train.eval_batch_size",
         "grad_accum": "train.grad_accum", "eval_every": "train.eval_every", "seed": "train.seed",
     }
     flags = {keys[k]: v for k, v in kw.items() if k in keys}
@@ -235,6 +235,8 @@ SHARED_OPTIONS: list[tuple[str, Any, Any]] = [
     ("max_length", Optional[int], Opt(None, help="Truncate inputs to this many tokens.")),
     ("steps", Optional[int], Opt(None, help=f"Budget in optimizer steps (compare: the same for every method, {MAIN_JOB_STEPS} when no --config/--epochs).")),
     ("epochs", Optional[float], Opt(None, help="Budget in epochs (default 1).")),
+    ("flops", Optional[float], Opt(None, help="Budget in measured training FLOPs, e.g. 2.5e12 (training stops at the first step reaching it).")),
+    ("seconds", Optional[float], Opt(None, help="Budget in training seconds (evaluation excluded).")),
     ("batch_size", Optional[int], Opt(None, help="Training batch size.")),
     ("eval_batch_size", Optional[int], Opt(None, help="Evaluation batch size (default 64; lower it for large vocabularies).")),
     ("grad_accum", Optional[int], Opt(None, help="Gradient accumulation steps.")),
@@ -288,31 +290,47 @@ def run_cmd(
 @with_shared_options
 def compare_cmd(
     methods: str = Opt(DEFAULT_METHODS, "--methods", help="Comma-separated methods to compare."),
-    config: Optional[Path] = Opt(None, "--config", "-c", help="YAML base config; may list methods: [...]"),
+    config: Optional[Path] = Opt(None, "--config", "-c", help="YAML base config; may list methods: [...] (entries may carry lr_grid: [...])."),
+    seeds: int = Opt(1, "--seeds", min=1, help="Run every method with N seeds (--seed, --seed+1, ...); tables show mean ± 95% CI."),
+    budget: str = Opt("flops", "--budget", help="flops: every method gets the training FLOPs the reference method spends in --steps/--epochs (default); steps: the same steps for all."),
+    reference: Optional[str] = Opt(None, "--reference", help="Method whose steps set the FLOPs budget (default lora if compared, else the first training method)."),
+    lr_grid: Optional[str] = Opt(None, "--lr-grid", help="Search each method's learning rate on validation first: 'auto' (its default x 1/3, 1, 3) or rates like 1e-4,1e-3."),
+    lr: Optional[float] = Opt(None, help="One learning rate for every method (default: each method's own)."),
     force: bool = Opt(False, help="Re-run configs that already finished."),
     json_out: bool = Opt(False, "--json", help="Print the comparison as JSON."),
     opts: dict[str, Any] = {},
 ) -> None:
-    """Run several methods on one model and task (each at its own default learning rate), then tabulate."""
-    from peftbench.methods import get_method
+    """Compare methods on one model and task at an equal budget (training FLOPs by default), then tabulate."""
+    from peftbench.compare.study import StudyPlan, entries_from, run_study
     from peftbench.report.tables import compare_table, summary
 
-    if config is None and opts["steps"] is None and opts["epochs"] is None:
-        opts = {**opts, "steps": MAIN_JOB_STEPS}
-        err.print(f"budget: {MAIN_JOB_STEPS} steps per method (the default comparison's budget; set --steps or --epochs)")
-    raw, listed = build_config(config, _flags(**opts), [])
-    entries = listed if listed and methods == DEFAULT_METHODS else [m.strip() for m in methods.split(",") if m.strip()]
-    specs = [e if isinstance(e, dict) else {"name": e} for e in entries]
-    for s in specs:  # refuse a bad method before any run starts
-        get_method(s.get("name", "")).validate(s.get("params", {}))
-    raws = [deep_merge(raw, {"method": s}) for s in specs]
-    for r in raws:
-        parse_config(r)
-    rows = [_execute(r, opts["results_dir"], force).row for r in raws]
+    if config is None and all(opts[k] is None for k in ("steps", "epochs", "flops", "seconds")):
+        opts = {**opts, "steps": MAIN_JOB_STEPS}  # the default study's budget, reported once resolved
+    raw, listed = build_config(config, _flags(**opts, lr=lr), [])
+    items = listed if listed and methods == DEFAULT_METHODS else [m.strip() for m in methods.split(",") if m.strip()]
+    grid: str | list[float] | None = None
+    if lr_grid is not None:
+        grid = "auto" if lr_grid.strip() == "auto" else _rates(lr_grid)
+    first = opts["seed"] or 0
+    plan = StudyPlan(raw, entries_from(items), [first + i for i in range(seeds)], budget=budget,
+                     reference=reference, lr_grid=grid)
+    say = lambda line: err.print(line, highlight=False)  # noqa: E731
+    study = run_study(plan, lambda r: _execute(r, opts["results_dir"], force).row, say)
     if json_out:
-        print(json.dumps([summary(r) for r in rows], indent=2))
+        print(json.dumps({"budget": study.budget, "chosen_lr": study.chosen_lr,
+                          "runs": [summary(r) for r in study.rows]}, indent=2))
     else:
-        out.print(compare_table(rows))
+        out.print(compare_table(study.rows))
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        rates = []
+    if not rates or any(r <= 0 for r in rates):
+        raise UserError(f"--lr-grid '{text}' is not 'auto' or a comma-separated list of positive rates like 1e-4,3e-4,1e-3")
+    return rates
 
 
 @results_app.callback()

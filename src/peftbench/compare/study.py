@@ -1,0 +1,191 @@
+"""A comparison study: equal budgets, a learning-rate search per method on validation, then seeds scored on test.
+
+The order matters for honesty: every method gets the same training FLOPs (by default what
+the reference method spends in the given steps, counted before anything trains); each
+method's rate is chosen on validation only (runs with train.test false never see test);
+only then are the chosen configs run with every seed and scored on test, once.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from peftbench.config import deep_merge, parse_config
+from peftbench.errors import UserError
+from peftbench.methods import get_method
+from peftbench.store import RunRow
+
+AUTO_GRID = (1 / 3, 1.0, 3.0)  # multiples of the method's default rate
+Execute = Callable[[dict[str, Any]], RunRow]  # runs (or finds) one raw config, returns its stored row
+
+
+@dataclass
+class Entry:
+    """One method of the study: its spec and, optionally, its own learning-rate grid."""
+
+    spec: dict[str, Any]
+    lr_grid: list[float] | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.spec.get("name", ""))
+
+    @property
+    def label(self) -> str:
+        params = self.spec.get("params") or {}
+        return self.name + (f"({', '.join(f'{k}={v}' for k, v in params.items())})" if params else "")
+
+
+@dataclass
+class StudyPlan:
+    raw: dict[str, Any]  # the base config (model, task, train) every method shares
+    entries: list[Entry]
+    seeds: list[int]
+    budget: str = "flops"  # "flops": equal training FLOPs; "steps": the config's steps/epochs/flops/seconds as given
+    reference: str | None = None  # the method whose steps set the FLOPs budget; default lora, else the first trainer
+    lr_grid: str | list[float] | None = None  # "auto", explicit rates for every method, or None (method defaults)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StudyResult:
+    rows: list[RunRow]  # the test-scored runs, every method x seed
+    search: list[RunRow]  # the validation-only learning-rate search runs
+    chosen_lr: dict[str, float]  # method label -> the rate chosen on validation
+    budget: dict[str, Any]
+
+
+def entries_from(items: list[Any]) -> list[Entry]:
+    """Methods as the CLI or a config file lists them: names, or mappings with params and lr_grid."""
+    out = []
+    for item in items:
+        spec = dict(item) if isinstance(item, dict) else {"name": item}
+        grid = spec.pop("lr_grid", None)
+        if grid is not None and (not isinstance(grid, list) or not grid or not all(isinstance(x, (int, float)) and x > 0 for x in grid)):
+            raise UserError(f"lr_grid of method '{spec.get('name')}' must be a non-empty list of positive rates, e.g. [1.0e-4, 1.0e-3]")
+        get_method(spec.get("name", "")).validate(spec.get("params", {}))
+        out.append(Entry(spec, [float(x) for x in grid] if grid else None))
+    if not out:
+        raise UserError("no methods to compare; pass --methods lora,ia3,... or list methods: in the config")
+    return out
+
+
+def _trains(entry: Entry) -> bool:
+    return get_method(entry.name).trains
+
+
+def grid_for(entry: Entry, plan: StudyPlan) -> list[float] | None:
+    """The rates to search for one method, or None when it keeps one rate."""
+    if not _trains(entry):
+        return None
+    if entry.lr_grid:
+        return entry.lr_grid
+    if plan.lr_grid is None:
+        return None
+    if isinstance(plan.lr_grid, list):
+        return plan.lr_grid
+    from peftbench.train import optim
+
+    cfg = parse_config(deep_merge(plan.raw, {"method": entry.spec}))
+    base = cfg.train.lr or optim.default_lr(cfg.train.optimizer, get_method(entry.name).default_lr)
+    return [float(f"{base * m:.3g}") for m in AUTO_GRID]
+
+
+def _with_budget(raw: dict[str, Any], flops: float | None) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    if flops is not None:
+        train = raw.setdefault("train", {})
+        for key in ("steps", "epochs", "seconds"):
+            train.pop(key, None)
+        train["flops"] = flops
+    return raw
+
+
+def equal_flops(plan: StudyPlan, log: Callable[[str], None]) -> dict[str, Any]:
+    """Resolve the FLOPs every method gets: the reference method's count for the configured steps."""
+    from peftbench.runner import calibrate_flops, normalize
+
+    cfg = parse_config(plan.raw)
+    if cfg.train.flops is not None:
+        return {"kind": "flops", "value": cfg.train.flops, "reference": "given"}
+    if cfg.train.seconds is not None:
+        return {"kind": "seconds", "value": cfg.train.seconds, "reference": "given"}
+    trainers = [e for e in plan.entries if _trains(e)]
+    if not trainers:
+        return {"kind": "none", "value": None, "reference": "no method trains"}
+    names = [e.name for e in trainers]
+    ref_name = plan.reference or ("lora" if "lora" in names else names[0])
+    if ref_name not in names:
+        raise UserError(f"reference method '{ref_name}' is not among the compared training methods ({', '.join(names)}); pick one of them")
+    ref = next(e for e in trainers if e.name == ref_name)
+    ref_cfg = parse_config(deep_merge(plan.raw, {"method": ref.spec, "train": {"seed": plan.seeds[0]}}))
+    from peftbench.train.loop import budget_steps
+    from peftbench.tasks import get_task
+
+    ref_cfg, method = normalize(ref_cfg)
+    steps = ref_cfg.train.steps
+    if steps is None:  # an epochs budget: its step count needs the training-set size
+        task = get_task(ref_cfg.task.kind)(ref_cfg.task, method.load_kwargs())
+        task.load_data()
+        steps = budget_steps(ref_cfg.train, task.train_size)
+    flops = calibrate_flops(ref_cfg, steps)
+    note = f"{ref_name}'s measured training FLOPs for {steps} steps of {ref_cfg.train.batch_size * ref_cfg.train.grad_accum} examples"
+    log(f"budget: {flops:.4g} training FLOPs per method ({note}; --budget steps gives every method the same steps instead)")
+    return {"kind": "flops", "value": float(flops), "reference": note}
+
+
+def check(plan: StudyPlan) -> None:
+    """Refuse what would fail midway, before anything runs."""
+    if plan.budget not in ("flops", "steps"):
+        raise UserError(f"unknown budget '{plan.budget}'; use --budget flops (equal training FLOPs, the default) or steps")
+    if len(set(plan.seeds)) != len(plan.seeds) or not plan.seeds:
+        raise UserError("seeds must be distinct and at least one; use --seeds N")
+    cfg = parse_config(plan.raw)
+    if plan.lr_grid is not None and cfg.train.lr is not None and isinstance(plan.lr_grid, list):
+        raise UserError("--lr and --lr-grid both set the learning rate; give one of them")
+    flops_budget = plan.budget == "flops" or cfg.train.flops is not None or cfg.train.seconds is not None
+    for e in plan.entries:
+        if flops_budget and e.name == "adalora":
+            raise UserError("adalora's rank schedule is set in optimizer steps; compare it with --budget steps")
+        parse_config(deep_merge(plan.raw, {"method": e.spec}))
+
+
+def run_study(plan: StudyPlan, execute: Execute, log: Callable[[str], None]) -> StudyResult:
+    check(plan)
+    budget = equal_flops(plan, log) if plan.budget == "flops" else {"kind": "as configured", "value": None}
+    flops = budget["value"] if budget["kind"] == "flops" and budget.get("reference") != "given" else None
+    base = _with_budget(plan.raw, flops)
+
+    chosen: dict[int, float] = {}  # entry index -> rate
+    search: list[RunRow] = []
+    for i, e in enumerate(plan.entries):
+        grid = grid_for(e, plan)
+        if not grid:
+            continue
+        scored = []
+        for lr in grid:  # judged on validation only: these runs never score test
+            row = execute(deep_merge(base, {"method": e.spec, "train": {"lr": lr, "seed": plan.seeds[0], "test": False}}))
+            search.append(row)
+            r = row.result or {}
+            select = r.get("select_metric")
+            if row.done and select in (r.get("validation") or {}):
+                scored.append((lr, r["validation"][select], select))
+        if not scored:
+            raise UserError(f"every learning-rate search run of '{e.label}' failed; see: peftbench results")
+        lower = scored[0][2] == "loss"
+        best = min(scored, key=lambda t: t[1]) if lower else max(scored, key=lambda t: t[1])
+        chosen[i] = best[0]
+        shown = ", ".join(f"{lr:g}: {v:.4f}" for lr, v, _ in scored)
+        log(f"{e.label}: lr {best[0]:g} chosen on validation {best[2]} ({shown})")
+
+    rows = []
+    for i, e in enumerate(plan.entries):
+        for seed in plan.seeds:
+            train: dict[str, Any] = {"seed": seed}
+            if i in chosen:
+                train["lr"] = chosen[i]
+            rows.append(execute(deep_merge(base, {"method": e.spec, "train": train})))
+    return StudyResult(rows, search, {plan.entries[i].label: lr for i, lr in chosen.items()}, budget)

@@ -1,0 +1,91 @@
+"""`peftbench compare`: equal training FLOPs, seeds, and a learning-rate search judged on validation only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from peftbench.cli import app
+from peftbench.config import parse_config
+from peftbench.runner import calibrate_flops
+from peftbench.store import Store
+
+
+def compare(*args: str) -> dict:
+    res = CliRunner().invoke(app, ["compare", *args, "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return {"doc": json.loads(res.stdout), "stderr": res.stderr}
+
+
+def base_args(tiny_model: str, tiny_data: Path, results: Path) -> list[str]:
+    return ["--model", tiny_model, "--data", str(tiny_data), "--max-length", "32", "--batch-size", "8",
+            "--eval-batch-size", "16", "--results-dir", str(results)]
+
+
+def test_equal_flops_seeds_and_lr_search(tiny_model, tiny_data, tmp_path):
+    args = [*base_args(tiny_model, tiny_data, tmp_path), "--methods", "base,lora,ia3", "--steps", "4",
+            "--seeds", "2", "--lr-grid", "1e-3,1e-2"]
+    got = compare(*args)
+    doc = got["doc"]
+    budget = doc["budget"]["value"]
+    ref = parse_config({"model": {"name": tiny_model}, "method": {"name": "lora"},
+                        "task": {"data": {"source": str(tiny_data)}, "max_length": 32},
+                        "train": {"steps": 4, "batch_size": 8, "eval_batch_size": 16}})
+    assert budget == calibrate_flops(ref, 4)  # lora's FLOPs in 4 steps, counted before training
+    assert "lora's measured training FLOPs for 4 steps" in doc["budget"]["reference"]
+
+    runs = doc["runs"]
+    assert [r["method"] for r in runs] == ["base", "base", "lora", "lora", "ia3", "ia3"]
+    store = Store(tmp_path)
+    done = store.list("done")
+    search = [r for r in done if r.config["train"]["test"] is False]
+    assert sorted((r.method, r.config["train"]["lr"]) for r in search) == [
+        ("ia3", 1e-3), ("ia3", 1e-2), ("lora", 1e-3), ("lora", 1e-2)]
+    assert all(r.result["test"] is None for r in search)  # the search never saw test
+    for name in ("lora", "ia3"):
+        val = {r.config["train"]["lr"]: r.result["validation"]["macro_f1"] for r in search if r.method == name}
+        assert doc["chosen_lr"][name] == max(val, key=val.get)
+        finals = [r for r in runs if r["method"] == name]
+        assert {r["lr"] for r in finals} == {doc["chosen_lr"][name]}
+    by_id = {r.run_id: r for r in done}
+    for r in runs:
+        row = by_id[r["run_id"]]
+        assert row.result["test"] is not None
+        if r["method"] == "base":
+            assert r["train_flops"] == 0
+            continue
+        assert row.config["train"]["flops"] == budget and row.config["train"]["steps"] is None
+        steps = row.result["costs"]["steps"]
+        per_step = r["train_flops"] / steps
+        assert budget <= r["train_flops"] < budget + 2 * per_step  # stopped at the first step reaching it
+    assert {store.get(r["run_id"]).config["train"]["seed"] for r in runs} == {0, 1}
+
+    again = compare(*args)  # everything is found by config hash; nothing trains twice
+    assert [r["run_id"] for r in again["doc"]["runs"]] == [r["run_id"] for r in runs]
+    assert len(Store(tmp_path).list()) == len(done)
+
+
+def test_budget_steps_gives_every_method_the_same_steps(tiny_model, tiny_data, tmp_path):
+    doc = compare(*base_args(tiny_model, tiny_data, tmp_path), "--methods", "lora,prompt", "--steps", "3",
+                  "--budget", "steps")["doc"]
+    store = Store(tmp_path)
+    assert [store.get(r["run_id"]).result["costs"]["steps"] for r in doc["runs"]] == [3, 3]
+    flops = [r["train_flops"] for r in doc["runs"]]
+    assert flops[0] != flops[1]  # same steps, different compute: why flops is the default
+
+
+def test_compare_refusals_are_one_line(tiny_model, tiny_data, tmp_path):
+    cases = [
+        (["--methods", "adalora", "--steps", "4"], "adalora"),
+        (["--methods", "lora", "--lr-grid", "fast"], "--lr-grid"),
+        (["--methods", "lora", "--reference", "ia3", "--steps", "2"], "reference method 'ia3'"),
+        (["--methods", "lora", "--budget", "tokens"], "unknown budget"),
+        (["--methods", "lora", "--lr", "1e-3", "--lr-grid", "1e-3,1e-2"], "--lr and --lr-grid"),
+    ]
+    for extra, words in cases:
+        res = CliRunner().invoke(app, ["compare", *base_args(tiny_model, tiny_data, tmp_path), *extra])
+        assert res.exit_code == 2, (extra, res.output)
+        assert words in res.stderr and res.stderr.count("error:") == 1 and "Traceback" not in res.output, res.stderr
+    assert not Store(tmp_path).list()
