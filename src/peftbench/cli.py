@@ -197,13 +197,15 @@ def _flags(**kw: Any) -> dict[str, Any]:
 Opt = typer.Option
 
 
-def _execute(raw: dict, results_dir: Path, force: bool):
+def _execute(raw: dict, results_dir: Path, force: bool, report_to: Optional[str] = None):
     from peftbench.runner import run
+    from peftbench.track import parse_kinds
 
     cfg = parse_config(raw)
     reporter = BarReporter(cfg.method.name)
     try:
-        return run(cfg, results_dir, force=force, reporter=reporter, log=lambda s: reporter.progress.console.print(s, highlight=False))
+        return run(cfg, results_dir, force=force, reporter=reporter, report_to=parse_kinds(report_to),
+                   log=lambda s: reporter.progress.console.print(s, highlight=False))
     finally:
         reporter.close()
 
@@ -243,6 +245,7 @@ SHARED_OPTIONS: list[tuple[str, Any, Any]] = [
     ("eval_every", Optional[int], Opt(None, help="Validate every N steps (default: 4 points per run).")),
     ("seed", Optional[int], Opt(None, help="Random seed.")),
     ("results_dir", Path, Opt(RESULTS_DIR, help="Results folder (SQLite + run folders).")),
+    ("report_to", Optional[str], Opt(None, help="Also log runs to tensorboard, mlflow and/or wandb (comma-separated; offline, under the results folder).")),
 ]
 
 
@@ -278,7 +281,10 @@ def run_cmd(
     raw, _ = build_config(config, flags, param)
     from peftbench.report.tables import compare_table, summary
 
-    res = _execute(raw, opts["results_dir"], force)
+    _check_report_to(opts["report_to"])
+    res = _execute(raw, opts["results_dir"], force, opts["report_to"])
+    if res.row is None:  # a helper process of `accelerate launch` / torchrun: the main process reports
+        return
     if json_out:
         print(json.dumps({**summary(res.row), "skipped": res.skipped, "result": res.row.result}, indent=2))
     else:
@@ -315,12 +321,20 @@ def compare_cmd(
     plan = StudyPlan(raw, entries_from(items), [first + i for i in range(seeds)], budget=budget,
                      reference=reference, lr_grid=grid)
     say = lambda line: err.print(line, highlight=False)  # noqa: E731
-    study = run_study(plan, lambda r: _execute(r, opts["results_dir"], force).row, say)
+    _check_report_to(opts["report_to"])
+    study = run_study(plan, lambda r: _execute(r, opts["results_dir"], force, opts["report_to"]).row, say)
     if json_out:
         print(json.dumps({"budget": study.budget, "chosen_lr": study.chosen_lr,
                           "runs": [summary(r) for r in study.rows]}, indent=2))
     else:
         out.print(compare_table(study.rows))
+
+
+def _check_report_to(value: Optional[str]) -> None:
+    """Refuse an unknown or uninstalled tracker before any run starts."""
+    from peftbench.track import check_trackers, parse_kinds
+
+    check_trackers(parse_kinds(value))
 
 
 def _rates(text: str) -> list[float]:
@@ -444,6 +458,21 @@ def export_cmd(
         what = "merged model" if merge else "adapter"
         extra = f" (merged outputs within {info['max_abs_diff']:.1e} of the adapter's)" if merge else ""
         out.print(f"wrote the {what} of run {row.run_id} to {out_dir}{extra}", highlight=False)
+
+
+@app.command("predict")
+@friendly
+def predict_cmd(
+    run_id: str = typer.Argument(..., help="Run id or config hash (a unique prefix is enough)."),
+    texts: Optional[list[str]] = typer.Argument(None, help="Inputs (image paths for image runs)."),
+    file: Optional[Path] = Opt(None, "--file", help="CSV/JSON/JSONL/Parquet with the run's input columns."),
+    out_file: Optional[Path] = Opt(None, "--out", help="Also write inputs + predictions as JSONL."),
+    results_dir: Path = Opt(RESULTS_DIR, help="Results folder."),
+) -> None:
+    """Predict with a stored run: label names, generated text, or the chosen answer."""
+    from peftbench.predict import predict_command
+
+    predict_command(run_id, texts or [], file, out_file, results_dir, out)
 
 
 @app.command("tasks")

@@ -23,13 +23,15 @@ from peftbench import models
 from peftbench.config import RunConfig
 from peftbench.errors import UserError
 from peftbench.measure.flops import FlopMeter, shape_key
+from peftbench.measure.latency import measure as measure_latency
 from peftbench.measure.memory import peak_bytes, reset_peak
 from peftbench.measure.size import count_parameters, dir_bytes
 from peftbench.methods import get_method
 from peftbench.methods.base import Context, Method
 from peftbench.store import RunRow, Store
 from peftbench.tasks import get_task
-from peftbench.train import optim
+from peftbench.track import Tee, check_trackers, open_trackers
+from peftbench.train import optim, parallel
 from peftbench.train.loop import Budget, Quiet, Reporter, train
 
 
@@ -143,14 +145,19 @@ def calibrate_flops(cfg: RunConfig, steps: int) -> int:
 
 @dataclass
 class RunOutcome:
-    row: RunRow
+    row: RunRow | None  # None in the helper processes of a multi-process run
     skipped: bool
 
 
 def run(
     cfg: RunConfig, results_dir: str | Path, force: bool = False, reporter: Reporter = Quiet(),
-    log: Callable[[str], None] = lambda s: None,
+    log: Callable[[str], None] = lambda s: None, report_to: list[str] | None = None,
 ) -> RunOutcome:
+    """Train and measure one config and store it; returns the stored row (or the finished one found).
+
+    report_to: optional trackers (tensorboard, mlflow, wandb) that mirror the run, offline.
+    """
+    check_trackers(report_to or [])
     cfg, method = normalize(cfg)
     digest = config_hash(cfg)
     if Path(results_dir, "results.sqlite").exists() and not force:
@@ -163,13 +170,20 @@ def run(
     # -- everything below may still refuse bad input; nothing is stored yet ----------
     prep = prepare(cfg, method, samples=True)
     task, model, budget, select, untuned = prep.task, prep.model, prep.budget, prep.select, prep.untuned
-    device = pick_device()
+    device = parallel.device() or pick_device()
     model.to(device)
     params = count_parameters(model)
+    if not parallel.is_main():  # a helper process of a multi-process run: train its share, store nothing
+        torch.manual_seed(cfg.train.seed)
+        train(model, method, task, cfg.train, cfg.train.lr, budget, device, FlopMeter(), FlopMeter())
+        return RunOutcome(None, skipped=False)
 
     store = Store(results_dir)
     run_id = store.begin(digest, cfg.canonical(), cfg.method.name, cfg.model.name, cfg.task.kind)
     staged = store.staging(run_id)
+    tracker = open_trackers(report_to or [], Path(results_dir), f"{cfg.method.name}-{run_id}",
+                            {**cfg.canonical(), "run_id": run_id}) if report_to and parallel.is_main() else None
+    reporter = Tee(reporter, tracker) if tracker else reporter
     try:
         torch.manual_seed(cfg.train.seed)
         reset_peak(device)
@@ -185,6 +199,9 @@ def run(
         test_seconds = time.perf_counter() - t0
         peak, peak_kind = peak_bytes(device)
         method.save(model, staged / "adapter")
+        latency = None  # what a request costs, unmerged and merged; only for runs that are scored on test
+        if cfg.measure.latency and cfg.train.test:
+            latency = measure_latency(task, model, method, device, cfg.measure)
         selected = next((p for p in out.curve if p.step == out.best_step), out.curve[-1])
         samples = [
             {"input": excerpt(src), "target": target, "untuned": task.render(u), "tuned": task.render(t)}
@@ -209,9 +226,11 @@ def run(
                 "train_seconds": out.train_seconds, "eval_seconds": out.eval_seconds + test_seconds,
                 "peak_memory_bytes": peak, "peak_memory_kind": peak_kind,
                 "adapter_bytes": dir_bytes(staged / "adapter"),
+                "latency": latency,
             },
             "task": task.describe(),
             "device": str(device),
+            "processes": parallel.world_size(),  # a step saw processes x batch_size examples
             "versions": versions(),
             "samples": samples,
         }
@@ -221,13 +240,20 @@ def run(
         if test:
             (staged / "predictions.json").write_text(json.dumps({"predictions": test.predictions, "references": test.references}))
         store.finish(run_id, result, out.curve_dicts(), staged)
+        if tracker:
+            tracker.finish(result)
     except KeyboardInterrupt:
         store.fail(run_id, "interrupted", "interrupted by the user", staged)
         raise
     except BaseException as err:
         store.fail(run_id, "failed", "".join(traceback.format_exception_only(err)).strip(), staged)
+        if tracker:
+            tracker.close(failed=True)
+            tracker = None
         raise
     else:
         return RunOutcome(store.get(run_id), skipped=False)
     finally:
+        if tracker:
+            tracker.close()
         store.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -20,6 +21,7 @@ from peftbench.errors import UserError
 
 Batch = dict[str, torch.Tensor]
 Progress = Callable[[int, int], None]
+PREDICT = "predict"  # the split new inputs become while Task.predict scores them
 
 
 @dataclass
@@ -64,9 +66,39 @@ class Task(ABC):
     @abstractmethod
     def evaluate(
         self, model: nn.Module, split: str, batch_size: int, flops: Any = None,
-        progress: Progress | None = None, limit: int | None = None,
+        progress: Progress | None = None, limit: int | None = None, score: bool = True,
     ) -> EvalResult:
-        """Score a split (its first `limit` examples if given); forward FLOPs go to `flops`."""
+        """Score a split (its first `limit` examples if given); forward FLOPs go to `flops`.
+
+        score=False: predictions only, no loss and no metrics (metrics {}): new inputs have no
+        targets, and latency should time what a user waits for, not the scoring."""
+
+    def input_columns(self) -> dict[str, str]:
+        """Role -> column name of what a prediction reads; the first is the main input."""
+        raise UserError(f"task '{self.kind}' cannot predict new inputs")
+
+    def predict_split(self, rows: list[dict[str, Any]], root: Path | None = None) -> Any:
+        """New inputs (rows keyed by column name) as one split of this task's data, with placeholder
+        labels or targets; bad rows are refused as bad data is. root: where relative paths start."""
+        raise UserError(f"task '{self.kind}' cannot predict new inputs")
+
+    def predict(self, model: nn.Module, rows: list[dict[str, Any]], batch_size: int,
+                root: Path | None = None) -> list[str]:
+        """Rendered predictions for new inputs, through the same encoding and decoding as evaluate."""
+        if not rows:
+            raise UserError("no inputs to predict; give texts or a file with at least one row")
+        splits = self.splits  # type: ignore[attr-defined]  (every task keeps its data by split)
+        splits[PREDICT] = self.predict_split(rows, root)
+        try:
+            preds = self.evaluate(model, PREDICT, batch_size, score=False).predictions
+            return [self.render_for(PREDICT, i, p) for i, p in enumerate(preds)]
+        finally:
+            splits.pop(PREDICT, None)
+            getattr(self, "_encoded", {}).pop(PREDICT, None)
+
+    def render_for(self, split: str, i: int, prediction: Any) -> str:
+        """Example i's prediction as text; tasks whose answer depends on the example override."""
+        return self.render(prediction)
 
     @property
     @abstractmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from peftbench import models
 from peftbench.config import GenerationSpec, ModelSpec
 from peftbench.errors import UserError
 from peftbench.tasks import register
-from peftbench.tasks.base import Batch, EvalResult, Progress, Task
+from peftbench.tasks.base import PREDICT, Batch, EvalResult, Progress, Task
 from peftbench.tasks.generation import PairCodec
 from peftbench.tasks.metrics import classification_metrics
 from peftbench.tasks.sources import SPLITS, load_splits
@@ -78,8 +79,20 @@ class Classification(Task):
                 cols["text_pair"] = self._texts(dd[split], pair_col, split, "text pair")
             self.splits[split] = cols
 
+    def input_columns(self) -> dict[str, str]:
+        pair = self.column("text_pair")
+        return {"text": self.column("text"), **({"text_pair": pair} if pair else {})}
+
+    def predict_split(self, rows: list[dict[str, Any]], root: Path | None = None) -> dict[str, list[Any]]:
+        split: dict[str, list[Any]] = {
+            role: self._texts({col: [r.get(col) for r in rows]}, col, PREDICT, role.replace("_", " "))
+            for role, col in self.input_columns().items()
+        }
+        split["label"] = [0] * len(rows)  # a placeholder: evaluate encodes one; score=False ignores it
+        return split
+
     @staticmethod
-    def _texts(ds: Dataset, column: str, split: str, role: str) -> list[str]:
+    def _texts(ds: Dataset | dict[str, list[Any]], column: str, split: str, role: str) -> list[str]:
         texts = list(ds[column])
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
@@ -223,21 +236,23 @@ class Classification(Task):
     @torch.inference_mode()
     def evaluate(
         self, model: nn.Module, split: str, batch_size: int, flops: Any = None,
-        progress: Progress | None = None, limit: int | None = None,
+        progress: Progress | None = None, limit: int | None = None, score: bool = True,
     ) -> EvalResult:
         rows = self._encode(split)[:limit]
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))  # little padding
+        # Little padding; label scoring batches prompts, so they set the order (never the gold label).
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].get("prompt", rows[i]["input_ids"])))
         preds = [0] * len(rows)
         loss_sum = 0.0
         longest = max(len(ids) for ids in self._label_ids) if self.family == "seq2seq" else 0
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
-            batch = {k: v.to(device) for k, v in self._batch([rows[j] for j in idx]).items()}
-            out = flops.forward(model, batch) if flops is not None else model(**batch)
-            loss_sum += float(out.loss) * len(idx)
+            if score or self._mode == "head":  # text and score modes predict with other passes
+                batch = {k: v.to(device) for k, v in self._batch([rows[j] for j in idx]).items()}
+                out = flops.forward(model, batch) if flops is not None else model(**batch)
+                loss_sum += float(out.loss) * len(idx)
             if self.family == "seq2seq":  # the label word is generated, then matched
                 texts = self.codec.generate(model, [rows[j]["input_ids"] for j in idx], LABEL_DECODING, flops, longest)
                 guesses = [self.match_label(t) for t in texts]
@@ -251,6 +266,8 @@ class Classification(Task):
                 progress(i + len(idx), len(rows))
         model.train(was_training)
         refs = self.splits[split]["label"][: len(rows)]
+        if not score:
+            return EvalResult(metrics={}, predictions=preds, references=refs, examples=len(rows))
         # Text-to-text predicts -1 for a text naming no label: score it as wrong, not as a class.
         labels = list(range(len(self.labels))) if self.family == "seq2seq" else None
         metrics = classification_metrics(refs, preds, labels)

@@ -11,18 +11,19 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from peftbench import models
 from peftbench.config import GenerationSpec, ModelSpec
 from peftbench.errors import UserError
-from peftbench.tasks.base import Batch, EvalResult, Progress, Task
+from peftbench.tasks.base import PREDICT, Batch, EvalResult, Progress, Task
 from peftbench.tasks.sources import SPLITS, load_splits
 from peftbench.tasks.text import endless_batches, fit_max_length, load_text_model_config, pad, position_limit, special_affixes
 
@@ -136,6 +137,15 @@ class GenerationTask(Task):
         self.require_columns({s: dd[s].column_names for s in SPLITS}, self.required_roles())
         self.splits = {s: self.read(dd, s) for s in SPLITS}
 
+    def input_columns(self) -> dict[str, str]:
+        return {role: self.column(role) for role in self.required_roles() if role != "target"}
+
+    def predict_split(self, rows: list[dict[str, Any]], root: Path | None = None) -> list[Example]:
+        """Read as a data split is (tables linearized, prompts built), with a placeholder target."""
+        cols = list(self.input_columns().values())
+        ds = Dataset.from_list([{**{c: r.get(c) for c in cols}, self.column("target"): "-"} for r in rows])
+        return self.read(DatasetDict({PREDICT: ds}), PREDICT)
+
     def text_values(self, dd: DatasetDict, split: str, role: str) -> list[Any]:
         col = self.column(role)
         values = list(dd[split][col])
@@ -187,7 +197,7 @@ class GenerationTask(Task):
     @torch.inference_mode()
     def evaluate(
         self, model: nn.Module, split: str, batch_size: int, flops: Any = None,
-        progress: Progress | None = None, limit: int | None = None,
+        progress: Progress | None = None, limit: int | None = None, score: bool = True,
     ) -> EvalResult:
         examples = self.splits[split][:limit]
         rows = self._encode(split)[: len(examples)]
@@ -195,19 +205,23 @@ class GenerationTask(Task):
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
-        order = sorted(range(len(examples)), key=lambda i: len(rows[i]["input_ids"]))
+        # By prompt length: generation pads the prompts (and new inputs, without targets, batch alike).
+        order = sorted(range(len(examples)), key=lambda i: len(prompts[i]))
         loss_sum, preds = 0.0, [""] * len(examples)
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
-            batch = {k: v.to(device) for k, v in self.codec.collate([rows[j] for j in idx]).items()}
-            out = flops.forward(model, batch) if flops is not None else model(**batch)
-            loss_sum += float(out.loss) * len(idx)
+            if score:  # the teacher-forced loss: a pass of its own, not part of predicting
+                batch = {k: v.to(device) for k, v in self.codec.collate([rows[j] for j in idx]).items()}
+                out = flops.forward(model, batch) if flops is not None else model(**batch)
+                loss_sum += float(out.loss) * len(idx)
             for j, text in zip(idx, self.codec.generate(model, [prompts[j] for j in idx], self.spec.generation, flops)):
                 preds[j] = text
             if progress:
                 progress(i + len(idx), len(examples))
         model.train(was_training)
         refs = [e.references for e in examples]
+        if not score:
+            return EvalResult(metrics={}, predictions=preds, references=refs, examples=len(examples))
         metrics = self.score(preds, refs)
         metrics["loss"] = loss_sum / max(len(examples), 1)
         return EvalResult(metrics=metrics, predictions=preds, references=refs, examples=len(examples))

@@ -33,7 +33,7 @@ from peftbench import models
 from peftbench.config import ModelSpec
 from peftbench.errors import UserError
 from peftbench.tasks import register
-from peftbench.tasks.base import Batch, EvalResult, Progress, Task
+from peftbench.tasks.base import PREDICT, Batch, EvalResult, Progress, Task
 from peftbench.tasks.metrics import classification_metrics
 from peftbench.tasks.sources import CARVE_SEED, SPLIT_ALIASES, SPLITS, builtin_dir, load_splits, split_files
 
@@ -285,6 +285,17 @@ class ImageClassification(Task):
             v = int(v)
         return str(v)
 
+    def input_columns(self) -> dict[str, str]:
+        return {"image": self.column("image")}
+
+    def predict_split(self, rows: list[dict[str, Any]], root: Path | None = None) -> dict[str, list[Any]]:
+        """Image paths (relative ones from root, else the working folder), checked as data images are."""
+        col = self.column("image")
+        items = [self._table_item(r.get(col), root or Path.cwd(), f"{PREDICT} row {k}", col) for k, r in enumerate(rows, 1)]
+        for i, item in enumerate(items):
+            open_image(item, i, header_only=True)
+        return {"image": items, "label": [0] * len(items)}  # placeholder labels
+
     @staticmethod
     def _table_item(v: Any, folder: Path, at: str, col: str) -> Item:
         if isinstance(v, dict) and (v.get("bytes") or v.get("path")):  # a hub Image value
@@ -352,7 +363,7 @@ class ImageClassification(Task):
     @torch.inference_mode()
     def evaluate(
         self, model: nn.Module, split: str, batch_size: int, flops: Any = None,
-        progress: Progress | None = None, limit: int | None = None,
+        progress: Progress | None = None, limit: int | None = None, score: bool = True,
     ) -> EvalResult:
         n = len(self.splits[split]["label"])
         if limit is not None:
@@ -376,6 +387,8 @@ class ImageClassification(Task):
         finally:
             model.train(was_training)
         refs = self.splits[split]["label"][:n]
+        if not score:
+            return EvalResult(metrics={}, predictions=preds, references=list(refs), examples=n)
         # sklearn's macro average over the classes present (predictions are always class indices):
         # a class absent from a small split is not counted as a zero.
         metrics = classification_metrics(refs, preds)

@@ -21,6 +21,7 @@ import ast
 import json
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from string import ascii_uppercase
 from typing import Any
 
@@ -34,7 +35,7 @@ from peftbench.config import ModelSpec
 from peftbench.errors import UserError
 from peftbench.models import load_pretrained
 from peftbench.tasks import register
-from peftbench.tasks.base import Batch, EvalResult, Progress, Task
+from peftbench.tasks.base import PREDICT, Batch, EvalResult, Progress, Task
 from peftbench.tasks.sources import SPLITS, builtin_columns, load_splits
 from peftbench.tasks.text import (  # noqa: F401  (choice_logprobs: re-exported)
     PAD_MULTIPLE, choice_logprobs, fit_max_length, length_grouped_batches, load_text_model_config, pad, position_limit,
@@ -122,6 +123,25 @@ class MultipleChoice(Task):
                 cols["choices"].append(texts)
                 cols["answer"].append(self._answer(answers[i], texts, labels, where, a_col))
             self.splits[split] = cols
+
+    def input_columns(self) -> dict[str, str]:
+        roles = ("question", "choices", "text") if self.column("text") else ("question", "choices")
+        return {r: self.column(r) for r in roles}
+
+    def predict_split(self, rows: list[dict[str, Any]], root: Path | None = None) -> dict[str, list[Any]]:
+        cols = self.input_columns()
+        split: dict[str, list[Any]] = {"question": [], "context": [], "choices": [], "answer": []}
+        for i, r in enumerate(rows):
+            where = f"{PREDICT} row {i + 1}"
+            texts, _ = self._choices(r.get(cols["choices"]), where, cols["choices"])
+            if len(texts) != self.num_choices:  # the model scores a fixed number, as trained
+                raise UserError(f"{where} has {len(texts)} choices; this run scores {self.num_choices} per question")
+            split["question"].append(self._text(r.get(cols["question"]), where, "question", cols["question"], required=True))
+            split["context"].append(self._text(r.get(cols["text"]), where, "context", cols["text"], required=False)
+                                    if "text" in cols else "")
+            split["choices"].append(texts)
+            split["answer"].append(0)  # a placeholder; score=False ignores it
+        return split
 
     @staticmethod
     def _text(value: Any, where: str, role: str, col: str, required: bool) -> str:
@@ -443,11 +463,13 @@ class MultipleChoice(Task):
 
     def evaluate(
         self, model: nn.Module, split: str, batch_size: int, flops: Any = None,
-        progress: Progress | None = None, limit: int | None = None,
+        progress: Progress | None = None, limit: int | None = None, score: bool = True,
     ) -> EvalResult:
         scores, losses = self.choice_scores(model, split, batch_size, flops, progress, limit)
         preds = [int(np.argmax(s)) for s in scores]
         refs = self.splits[split]["answer"][: len(preds)]
+        if not score:  # the loss came free with the scores; only the metrics are skipped
+            return EvalResult(metrics={}, predictions=preds, references=list(refs), examples=len(preds))
         n = max(len(preds), 1)
         metrics = {"accuracy": sum(p == r for p, r in zip(preds, refs)) / n, "loss": sum(losses) / n}
         return EvalResult(metrics=metrics, predictions=preds, references=list(refs), examples=len(preds))
@@ -464,6 +486,9 @@ class MultipleChoice(Task):
 
     def render(self, prediction: Any) -> str:
         return letter(int(prediction))
+
+    def render_for(self, split: str, i: int, prediction: Any) -> str:
+        return self.splits[split]["choices"][i][int(prediction)]
 
     def describe(self) -> dict[str, Any]:
         family = getattr(self, "family", None)

@@ -19,7 +19,7 @@ from peftbench.config import TrainSpec
 from peftbench.measure.flops import FlopMeter
 from peftbench.methods.base import Method
 from peftbench.tasks.base import Task
-from peftbench.train import optim
+from peftbench.train import optim, parallel
 
 
 class Reporter(Protocol):
@@ -116,7 +116,8 @@ def train(
         res = task.evaluate(model, "validation", spec.eval_batch_size, eval_meter,
                             lambda done, total: reporter.evaluating("validation", done, total))
         eval_seconds += time.perf_counter() - t0
-        point = EvalPoint(step, tokens, meter.total, train_seconds, train_loss, res.metrics)
+        point = EvalPoint(step, int(parallel.total(tokens)), int(parallel.total(meter.total)), train_seconds,
+                          train_loss, res.metrics)
         reporter.evaluated(point)
         return point
 
@@ -131,7 +132,8 @@ def train(
     # Evaluate every eval_every steps if set, else at 1/4, 2/4, 3/4 of the budget and at its end.
     eval_every = spec.eval_every or (math.ceil(budget.steps / 4) if budget.steps else None)
     next_quarter = 0.25
-    batches = task.train_batches(spec.batch_size, spec.seed)
+    batches = parallel.shard(task.train_batches(spec.batch_size, spec.seed))
+    train_model = parallel.wrap(model)  # DDP across processes under accelerate launch / torchrun
     curve: list[EvalPoint] = []
     best: tuple[int, float | None, dict[str, torch.Tensor] | None] = (0, None, None)
     loss_sum, loss_n = torch.zeros(()), 0
@@ -145,12 +147,14 @@ def train(
             batch = next(batches)
             tokens += task.batch_tokens(batch)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            loss_sum += meter.train_step(model, batch, 1.0 / spec.grad_accum).float().cpu()
+            loss_sum += meter.train_step(train_model, batch, 1.0 / spec.grad_accum).float().cpu()
             loss_n += 1
         if spec.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
         optimizer.step()
-        progress = budget.progress(step, meter.total, train_seconds + time.perf_counter() - t_start)
+        flops = meter.total if budget.kind != "flops" else parallel.total(meter.total)  # all processes' FLOPs
+        seconds = train_seconds + time.perf_counter() - t_start
+        progress = budget.progress(step, int(flops), parallel.total(seconds, "max") if budget.kind == "seconds" else seconds)
         done = progress >= 1.0
         if isinstance(scheduler, optim.ProgressSchedule):
             scheduler.progress = progress
@@ -171,6 +175,9 @@ def train(
                 state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
                 best = (step, score, state)
             t_start = time.perf_counter()
+    if parallel.world_size() > 1:  # the run's measures are all processes' together
+        meter.forward_flops, meter.backward_flops = (int(parallel.total(v)) for v in (meter.forward_flops, meter.backward_flops))
+        tokens = int(parallel.total(tokens))
     if best[2] is not None:  # restore the validation-selected weights
         with torch.no_grad():
             named = dict(model.named_parameters())
