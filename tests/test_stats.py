@@ -59,3 +59,85 @@ def test_a_one_example_difference_is_not_significant_and_corpus_metrics_work() -
 def test_bad_lengths_refused() -> None:
     with pytest.raises(ValueError):
         paired_bootstrap([0, 1], [0], [0, 1], accuracy)
+
+
+# -- seed-aware bootstrap and task metrics from stored predictions -----------------------
+import numpy as np  # noqa: E402
+from sklearn.metrics import f1_score, precision_score, recall_score  # noqa: E402
+
+from peftbench.compare.stats import SummableMetric, metric_for, paired_bootstrap_seeds  # noqa: E402
+from peftbench.tasks.metrics import bleu, rouge  # noqa: E402
+
+
+def noisy(refs: list[int], wrong: float, seed: int, k: int = 4) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return [int((r + 1 + rng.integers(0, k - 1)) % k) if rng.random() < wrong else r for r in refs]
+
+
+def test_metric_for_matches_the_tasks_metrics() -> None:
+    refs = [i % 4 for i in range(97)]
+    preds = noisy(refs, 0.35, 0)
+    preds[3] = -1  # a text-to-text output naming no label
+    for name, fn in (("macro_f1", f1_score), ("macro_precision", precision_score), ("macro_recall", recall_score)):
+        assert metric_for("classification", name)(refs, preds) == pytest.approx(fn(refs, preds, average="macro", zero_division=0))
+        labelled = metric_for("classification", name, labels=range(5))  # a label never seen scores 0, as sklearn does
+        assert labelled(refs, preds) == pytest.approx(fn(refs, preds, average="macro", zero_division=0, labels=list(range(5))))
+    assert metric_for("classification", "accuracy")(refs, preds) == pytest.approx(classification_metrics(refs, preds)["accuracy"])
+    assert metric_for("multiple_choice", "accuracy")([0, 1, 2, 3], [0, 1, 0, 0]) == 0.5
+    hyps = ["the cat sat on the mat", "a dog ran off", "hello there world. bye now"]
+    refs_txt = [["the cat sat on a mat"], ["a dog ran away", "the dog ran"], ["hi world. bye."]]
+    for n in (1, 2, 3, 4):
+        assert metric_for("distractors", f"bleu{n}")(refs_txt, hyps) == pytest.approx(bleu(hyps, refs_txt)[f"bleu{n}"])
+    scores = rouge(hyps, refs_txt)
+    for key in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+        assert metric_for("summarization", key)(refs_txt, hyps) == pytest.approx(scores[key])
+    assert metric_for("distractors", "rougeL")(refs_txt, hyps) == pytest.approx(scores["rougeL"])
+    for kind, name in (("classification", "loss"), ("summarization", "bleu4"), ("mystery", "accuracy")):
+        with pytest.raises(ValueError, match="cannot be scored"):
+            metric_for(kind, name)
+
+
+def test_seed_bootstrap_agrees_with_the_plain_one_for_one_seed() -> None:
+    refs = [i % 3 for i in range(150)]
+    a, b = noisy(refs, 0.2, 1, 3), noisy(refs, 0.3, 2, 3)
+    f1 = metric_for("classification", "macro_f1")
+    fast = paired_bootstrap_seeds(refs, [a], [b], f1, resamples=120, seed=3)
+    slow = paired_bootstrap(refs, a, b, lambda r, p: f1_score(r, p, average="macro", zero_division=0), resamples=120, seed=3)
+    assert fast.delta == pytest.approx(slow.delta) and fast.low == pytest.approx(slow.low) and fast.high == pytest.approx(slow.high)
+    assert fast.p_value == pytest.approx(slow.p_value)
+    # a plain callable takes the slow path with the same draws
+    generic = paired_bootstrap_seeds(refs, [a], [b], lambda r, p: f1(r, p), resamples=120, seed=3)
+    assert generic.low == pytest.approx(fast.low) and generic.high == pytest.approx(fast.high)
+
+
+def test_seed_bootstrap_scores_the_mean_over_seeds() -> None:
+    refs = [i % 4 for i in range(300)]
+    good = [noisy(refs, 0.15, s) for s in range(3)]
+    bad = [noisy(refs, 0.5, 10 + s) for s in range(3)]
+    acc = metric_for("classification", "accuracy")
+    res = paired_bootstrap_seeds(refs, good, bad, acc, resamples=500)
+    expected = np.mean([acc(refs, p) for p in good]) - np.mean([acc(refs, p) for p in bad])
+    assert res.delta == pytest.approx(expected) and res.distinguishable and res.p_value < 0.01
+    assert res.low < res.delta < res.high and res.resamples == 500
+    same = paired_bootstrap_seeds(refs, good, [list(p) for p in good], metric_for("classification", "macro_f1"), resamples=200)
+    assert same.delta == 0 and same.low == same.high == 0 and same.p_value == 1.0 and not same.distinguishable
+    # seeds of one method differ, but the methods are the same kind of noisy: no difference found
+    twins = paired_bootstrap_seeds(refs, [noisy(refs, 0.3, s) for s in range(3)], [noisy(refs, 0.3, 20 + s) for s in range(2)],
+                                   acc, resamples=400)
+    assert not twins.distinguishable
+    with pytest.raises(ValueError):
+        paired_bootstrap_seeds(refs, [refs[:-1]], good, acc)
+    with pytest.raises(ValueError):
+        paired_bootstrap_seeds(refs, [], good, acc)
+    assert isinstance(acc, SummableMetric) and "accuracy" in repr(acc)
+
+
+def test_seed_bootstrap_is_fast_for_corpus_metrics() -> None:
+    import time
+
+    refs = [i % 6 for i in range(5000)]
+    seeds_a, seeds_b = [noisy(refs, 0.3, s, 6) for s in range(3)], [noisy(refs, 0.32, 9 + s, 6) for s in range(3)]
+    t0 = time.perf_counter()
+    res = paired_bootstrap_seeds(refs, seeds_a, seeds_b, metric_for("classification", "macro_f1"), resamples=1000)
+    assert time.perf_counter() - t0 < 10  # 3+3 seeds x 1000 resamples x 5000 examples; the slow path takes minutes
+    assert res.resamples == 1000 and res.low < res.delta < res.high

@@ -308,7 +308,7 @@ def compare_cmd(
 ) -> None:
     """Compare methods on one model and task at an equal budget (training FLOPs by default), then tabulate."""
     from peftbench.compare.study import StudyPlan, entries_from, run_study
-    from peftbench.report.tables import compare_table, summary
+    from peftbench.report.tables import summary
 
     if config is None and all(opts[k] is None for k in ("steps", "epochs", "flops", "seconds")):
         opts = {**opts, "steps": MAIN_JOB_STEPS}  # the default study's budget, reported once resolved
@@ -327,7 +327,11 @@ def compare_cmd(
         print(json.dumps({"budget": study.budget, "chosen_lr": study.chosen_lr,
                           "runs": [summary(r) for r in study.rows]}, indent=2))
     else:
-        out.print(compare_table(study.rows))
+        from peftbench.report.aggregate import aggregate
+        from peftbench.report.command import print_report
+
+        ids = {r.run_id for r in [*study.rows, *study.search] if r.done}
+        print_report(aggregate(opts["results_dir"], run_ids=ids), out)
 
 
 def _check_report_to(value: Optional[str]) -> None:
@@ -458,6 +462,46 @@ def export_cmd(
         what = "merged model" if merge else "adapter"
         extra = f" (merged outputs within {info['max_abs_diff']:.1e} of the adapter's)" if merge else ""
         out.print(f"wrote the {what} of run {row.run_id} to {out_dir}{extra}", highlight=False)
+
+
+@app.command("sweep")
+@friendly
+def sweep_cmd(
+    file: Path = typer.Argument(..., help="Sweep file: base: (a run config) and axes: (lists whose product is run)."),
+    workers: int = Opt(1, "--workers", "-w", help="Runs at once on this machine (one GPU each where GPUs exist)."),
+    backend: str = Opt("local", "--backend", help="local (worker processes) or ray (one task per run; a local Ray unless --address)."),
+    address: Optional[str] = Opt(None, "--address", help="Ray cluster address (with --backend ray)."),
+    force: bool = Opt(False, help="Re-run configs that already finished."),
+    results_dir: Path = Opt(RESULTS_DIR, help="Results folder (SQLite + run folders)."),
+    report_to: Optional[str] = Opt(None, help="Also log runs to tensorboard, mlflow and/or wandb (offline)."),
+) -> None:
+    """Run every configuration of a sweep file, resumably (done configs are skipped by config hash)."""
+    from peftbench.sweep import run_sweep
+    from peftbench.track import parse_kinds
+
+    summary = run_sweep(file, results_dir, workers=workers, backend=backend, address=address, force=force,
+                        log=lambda line: out.print(line, highlight=False), report_to=parse_kinds(report_to))
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command("report")
+@friendly
+def report_cmd(
+    results_dir: Path = Opt(RESULTS_DIR, help="Results folder."),
+    html: Optional[Path] = Opt(None, "--html", help="Write one self-contained HTML report (plots, sortable tables, samples, configs)."),
+    csv: Optional[Path] = Opt(None, "--csv", help="Write the comparison as CSV (one row per method cell)."),
+    json_path: Optional[Path] = Opt(None, "--json", help="Write the whole aggregate as JSON."),
+    markdown: Optional[Path] = Opt(None, "--markdown", "--md", help="Write the tables as Markdown."),
+    plots: Optional[Path] = Opt(None, "--plots", help="Write the PNG plots into this folder."),
+    resamples: int = Opt(1000, "--resamples", min=100, help="Paired-bootstrap resamples over test examples."),
+    fraction: float = Opt(0.9, "--fraction", min=0.01, max=1.0, help="Report the training FLOPs to reach this fraction of the best validation score."),
+) -> None:
+    """Aggregate stored runs: mean ± 95% CI over seeds, paired bootstrap against the best, curves, Pareto plots."""
+    from peftbench.report.command import report
+
+    report(results_dir, html=html, csv=csv, json_path=json_path, markdown=markdown, plots_dir=plots,
+           console=out, resamples=resamples, target_fraction=fraction)
 
 
 @app.command("predict")

@@ -1,0 +1,132 @@
+"""`peftbench sweep FILE`: expand, skip what is done, run the rest, summarize.
+
+Resumable by config hash: a config with a done run in the store is skipped, so after a
+kill -9 the same command finishes the sweep and every config ends with exactly one done run
+(the killed run's row stays, marked interrupted).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from peftbench.errors import UserError
+from peftbench.sweep.local import Outcome, cores, run_inline, run_workers
+from peftbench.sweep.spec import Sweep, expand
+
+BACKENDS = ("local", "ray")
+
+
+@dataclass
+class SweepSummary:
+    name: str
+    total: int  # configs after deduplication
+    duplicates: int  # dropped: same config hash as an earlier entry
+    already_done: int  # skipped because the store had them done before this sweep started
+    outcomes: list[Outcome] = field(default_factory=list)  # one per config that was run (or tried)
+    seconds: float = 0.0
+
+    @property
+    def done(self) -> int:
+        return sum(o.status in ("done", "skipped") for o in self.outcomes)
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+def _done_runs(sweep: Sweep, results_dir: Path) -> dict[int, str]:
+    """Index -> run id of configs the store already has done (opening it marks dead runs interrupted)."""
+    from peftbench.store import Store
+
+    if not (results_dir / "results.sqlite").exists():
+        return {}
+    with closing(Store(results_dir)) as store:
+        found = {i: store.find_done(r.config_hash) for i, r in enumerate(sweep.runs)}
+    return {i: row.run_id for i, row in found.items() if row}
+
+
+def _line(o: Outcome) -> str:
+    if o.status == "failed":
+        return f"failed: {o.error}"
+    if o.status == "skipped":
+        return f"skipped (already done as {o.run_id})"
+    metric = f" {o.metric[0]} {o.metric[1]:.4f}" if o.metric else ""
+    return f"done{metric} ({o.seconds:.1f} s, {o.run_id})"
+
+
+def run_sweep(
+    path: Path, results_dir: Path, workers: int = 1, backend: str = "local", address: str | None = None,
+    force: bool = False, log: Callable[[str], None] = print, report_to: list[str] | None = None,
+) -> SweepSummary:
+    """Run every config of a sweep file not yet done; returns what became of each.
+
+    workers == 1 runs in this process; more runs that many worker processes (local) or caps
+    a local Ray's CPUs (ray). `address` joins an existing Ray cluster. `force` re-runs done configs.
+    `report_to` mirrors each run to trackers (tensorboard, mlflow, wandb), as `run --report-to` does.
+    """
+    from peftbench.track import check_trackers
+
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend '{backend}'; use one of: {', '.join(BACKENDS)}")
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1 (got {workers})")
+    if address and backend != "ray":
+        raise UserError("--address is a Ray cluster address; use it with --backend ray")
+    check_trackers(report_to or [])
+    if backend == "ray":
+        from peftbench.sweep.ray_backend import require_ray
+
+        require_ray()  # before anything runs
+    t0 = time.perf_counter()
+    sweep = expand(path)
+    results_dir = Path(results_dir)
+    done = {} if force else _done_runs(sweep, results_dir)
+    total = len(sweep.runs)
+    summary = SweepSummary(sweep.name, total, sweep.duplicates, len(done))
+    dropped = f", {sweep.duplicates} duplicate configs dropped" if sweep.duplicates else ""
+    where = f"{workers} worker{'s' * (workers > 1)}" if backend == "local" else f"Ray {address or '(local)'}"
+    log(f"sweep {sweep.name}: {total} runs ({len(done)} done, {total - len(done)} to run){dropped}; {where}")
+    width = len(str(total))
+
+    def tag(i: int) -> str:
+        return f"[{i + 1:>{width}}/{total}] {sweep.runs[i].label}"
+
+    for i, run_id in done.items():
+        log(f"{tag(i)}: skipped (already done as {run_id})")
+    jobs = [(i, r.config.canonical()) for i, r in enumerate(sweep.runs) if i not in done]
+    if jobs:
+        if backend == "ray":
+            from peftbench.sweep.ray_backend import run_ray
+
+            events = run_ray(jobs, results_dir, force, address, workers, cores(), report_to)
+        elif workers > 1:
+            events = run_workers(jobs, results_dir, force, workers, _gpus(), report_to)
+        else:
+            events = run_inline(jobs, results_dir, force, report_to)
+        for kind, payload in events:
+            if kind == "start":
+                log(f"{tag(payload)}: started")
+            else:
+                summary.outcomes.append(payload)
+                log(f"{tag(payload.index)}: {_line(payload)}")
+    summary.seconds = time.perf_counter() - t0
+    failed = summary.failed
+    log(f"sweep {sweep.name}: {summary.done + len(done)} of {total} done, {len(failed)} failed "
+        f"({summary.seconds:.1f} s); results in {results_dir}")
+    for o in failed:
+        log(f"  failed {tag(o.index)}: {o.error}")
+    return summary
+
+
+def _gpus() -> int:
+    """GPUs to spread local workers over (0: none, or torch without CUDA)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001
+        return 0
