@@ -292,7 +292,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 def test_plots_are_pngs(rep) -> None:
     plots = section_plots(rep.sections[0])
     names = [p.name for p in plots]
-    assert names[:2] == ["s1-validation-curves", "s1-training-loss"]
+    assert names[:4] == ["s1-validation-curves", "s1-validation-vs-seconds", "s1-validation-vs-step", "s1-training-loss"]
     assert {"s1-pareto-params-trainable", "s1-pareto-peak-memory-bytes", "s1-pareto-train-flops", "s1-pareto-latency-b1-ms"} <= set(names)
     assert any("ablation" in n and n.endswith("-r") for n in names)
     for p in plots:

@@ -55,11 +55,20 @@ def _legend(ax: Axes) -> None:
         ax.legend(fontsize=8, loc="best", framealpha=0.85)
 
 
-def _curve_plot(section: Section, metric: str, ylabel: str, title: str, target: float | None) -> bytes | None:
+CURVE_X = {  # stored per evaluation point: x key -> (axis label, log scale)
+    "train_flops": ("training FLOPs", True),
+    "seconds": ("training seconds (evaluation excluded)", True),
+    "step": ("optimizer steps", False),
+}
+
+
+def _curve_plot(section: Section, metric: str, ylabel: str, title: str, target: float | None,
+                x_key: str = "train_flops") -> bytes | None:
+    xlabel, log = CURVE_X[x_key]
     fig, ax = _figure(title)
     drawn = False
     for cell in section.cells:
-        xy = [curve_xy(c, metric) for c in cell.curves]
+        xy = [curve_xy(c, metric, x_key) for c in cell.curves]
         xy = [(x, y) for x, y in xy if x.size]
         if not xy:
             continue
@@ -72,7 +81,7 @@ def _curve_plot(section: Section, metric: str, ylabel: str, title: str, target: 
         xy = [(x[x > 0], y[x > 0]) for x, y in xy]
         for x, y in xy:  # every seed's measured points, faint
             ax.plot(x, y, "o", color=col, alpha=0.35, ms=3)
-        b = band(xy)
+        b = band(xy, log=log)
         if b is None:
             continue
         seeds = f"{b.n} seeds" if b.n > 1 else "1 seed"
@@ -84,17 +93,19 @@ def _curve_plot(section: Section, metric: str, ylabel: str, title: str, target: 
         return None
     if target is not None:
         ax.axhline(target, color="#444", ls=":", lw=1, label=f"{section.target_fraction:.0%} of best ({target:.3f})")
-    ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs (log scale)")
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel + (" (log scale)" if log else ""))
     ax.set_ylabel(ylabel)
     _legend(ax)
     return _png(fig)
 
 
-def validation_curves(section: Section) -> bytes | None:
+def validation_curves(section: Section, x_key: str = "train_flops") -> bytes | None:
     m = metric_label(section.select_metric)
+    against = {"train_flops": "training compute", "seconds": "training time", "step": "optimizer steps"}[x_key]
     return _curve_plot(section, section.select_metric, f"validation {m}",
-                       f"Validation {m} vs training compute — mean and 95% CI over seeds\n{section.title}", section.target)
+                       f"Validation {m} vs {against} — mean and 95% CI over seeds\n{section.title}", section.target, x_key)
 
 
 def loss_curves(section: Section) -> bytes | None:
@@ -206,6 +217,10 @@ def section_plots(section: Section, index: int = 0) -> list[Plot]:
     if (png := validation_curves(section)) is not None:
         out.append(Plot(f"{base}-validation-curves", "Validation score vs training FLOPs",
                         "Mean over seeds with a 95% t-interval band; dots are each seed's evaluations.", png))
+    for x_key, name in (("seconds", "training seconds"), ("step", "optimizer steps")):
+        if (png := validation_curves(section, x_key)) is not None:
+            out.append(Plot(f"{base}-validation-vs-{x_key}", f"Validation score vs {name}",
+                            "The same curves against wall time and steps: methods differ in cost per step.", png))
     if (png := loss_curves(section)) is not None:
         out.append(Plot(f"{base}-training-loss", "Training loss vs training FLOPs",
                         "Mean training loss between evaluations, over seeds.", png))
