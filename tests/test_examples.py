@@ -21,7 +21,7 @@ def test_lora_ablation_crosses_ranks_targets_and_seeds():
 
 def test_peft_by_time_gives_each_task_one_flops_budget():
     sweep = expand(EXAMPLES / "peft_by_time.yaml")
-    assert len(sweep.runs) == 2 * 6 * 2
+    assert len(sweep.runs) == 2 * 5 * 2
     budgets = {}
     for r in sweep.runs:
         budgets.setdefault(r.config.task.kind, set()).add(r.config.train.flops)
