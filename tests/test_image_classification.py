@@ -6,13 +6,13 @@ tiny ViT tells apart within a few LoRA steps. Everything runs offline in seconds
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_csv
 import torch
 import transformers
 import yaml
@@ -95,14 +95,6 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 rows.append({"file": str(p.relative_to(root)), "colour": cls})
         write_csv(root / f"{split}.csv", rows)
     return root
-
-
-def write_csv(path: Path, rows: list[dict]) -> Path:
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
 
 
 def task_for(source: Path | str, **data) -> ImageClassification:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from conftest import write_jsonl
+from conftest import write_csv, write_jsonl
 from peftbench.config import parse_config
 from peftbench.errors import UserError
 from peftbench.export import rebuild
@@ -32,14 +31,6 @@ def evaluated(row: RunRow) -> list[str]:
     method.prepare_task(task)
     preds = task.evaluate(model, "test", parse_config(row.config).train.eval_batch_size).predictions
     return [task.render_for("test", i, p) for i, p in enumerate(preds)]
-
-
-def write_csv(path: Path, rows: list[dict]) -> Path:
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
 
 
 def refused(fn, *words: str) -> str:

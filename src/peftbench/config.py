@@ -181,18 +181,20 @@ def parse_config(data: dict[str, Any]) -> RunConfig:
         raise explain(err, RunConfig) from None
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, kind: str = "config file", flag: str = "--config",
+              holds: str = "model:, task:, method:, train:") -> dict[str, Any]:
+    """A YAML mapping from a file (a run config, or a sweep file), refused in one line if it is not one."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"config file '{p}' does not exist; check the path given to --config")
+        raise UserError(f"{kind} '{p}' does not exist; check the path given to {flag}")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"config file '{p}' is not valid YAML{line}; fix the syntax") from None
+        raise UserError(f"{kind} '{p}' is not valid YAML{line}; fix the syntax") from None
     if not isinstance(data, dict):
-        raise UserError(f"config file '{p}' must hold a mapping (model:, task:, method:, train:)")
+        raise UserError(f"{kind} '{p}' must hold a mapping ({holds})")
     return data
 
 

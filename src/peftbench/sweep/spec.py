@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from peftbench.config import RunConfig, deep_merge, explain
+from peftbench.config import RunConfig, deep_merge, explain, load_yaml
 from peftbench.errors import UserError, suggest
 
 TOP_KEYS = ("name", "base", "axes", "seeds")
@@ -193,16 +193,7 @@ def _blame(layers: list[Layer], loc: tuple, fallback: str) -> str:
 
 def load(path: Path) -> tuple[str, list[Layer], list[list[Layer]]]:
     """(name, base layers, axes as lists of layers); structure checked, values not yet."""
-    if not path.is_file():
-        raise UserError(f"sweep file '{path}' does not exist; check the path")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise UserError(f"sweep file '{path}' is not valid YAML{f' at line {mark.line + 1}' if mark else ''}; "
-                        "fix the syntax") from None
-    if not isinstance(data, dict):
-        raise UserError(f"sweep file '{path}' must hold a mapping with base: and axes:")
+    data = load_yaml(path, "sweep file", "peftbench sweep", "base: and axes:")
     for key in data:
         if key not in TOP_KEYS:
             raise UserError(f"sweep file '{path}': unknown key '{key}'{suggest(str(key), TOP_KEYS)}; "
