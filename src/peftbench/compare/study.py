@@ -179,7 +179,9 @@ def run_study(plan: StudyPlan, execute: Execute, log: Callable[[str], None]) -> 
         best = min(scored, key=lambda t: t[1]) if lower else max(scored, key=lambda t: t[1])
         chosen[i] = best[0]
         shown = ", ".join(f"{lr:g}: {v:.4f}" for lr, v, _ in scored)
-        log(f"{e.label}: lr {best[0]:g} chosen on validation {best[2]} ({shown})")
+        edge = len(grid) > 1 and best[0] in (min(grid), max(grid))
+        log(f"{e.label}: lr {best[0]:g} chosen on validation {best[2]} ({shown})"
+            + ("; it is at the edge of the grid, so a wider grid may do better" if edge else ""))
 
     rows = []
     for i, e in enumerate(plan.entries):
