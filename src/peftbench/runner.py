@@ -189,7 +189,7 @@ def run(
         reset_peak(device)
         meter, eval_meter = FlopMeter(), FlopMeter()
         log(f"{cfg.method.name}: {params['trainable']:,} trainable of {params['total']:,} parameters, "
-            f"budget {describe_budget(budget)}, lr {cfg.train.lr}")
+            + (f"budget {describe_budget(budget)}, lr {cfg.train.lr}" if method.trains else "nothing to train"))
         out = train(model, method, task, cfg.train, cfg.train.lr, budget, device, meter, eval_meter, reporter)
         t0 = time.perf_counter()
         test = None  # a learning-rate search run (train.test false) is judged on validation only

@@ -48,7 +48,7 @@ def section_table(section: Section, part: str = "quality") -> Table:
     title = f"{section.title}: {TERMINAL_PARTS[part]}"
     if shared:
         said = {"budget": "{v}", "lr": "lr {v}", "seeds": "{v} seeds each"}
-        title += " (" + ", ".join(said[k].format(v=v) for k, v in shared.items()) + ")"
+        title += " (" + ", ".join(said[k].format(v=v) for k, v in shared.items()).replace("1 seeds", "1 seed") + ")"
     caption = None if part != "quality" else f"ranked on test {metric_label(section.select_metric)}; {section.bootstrap[:1].lower()}{section.bootstrap[1:]}"
     table = Table(title=title, caption=caption, caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for name, get in cols:
