@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from peftbench.config import deep_merge, load_yaml, parse_config
+from peftbench.config import deep_merge, load_yaml, nest, parse_config
 from peftbench.errors import UserError
 
 
@@ -160,13 +160,8 @@ def build_config(config: Optional[Path], flags: dict[str, Any], params: list[str
     methods = raw.pop("methods", None)
     over: dict[str, Any] = {}
     for key, value in flags.items():
-        if value is None:
-            continue
-        node = over
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        if value is not None:
+            over = deep_merge(over, nest(key, value))
     if params:
         over = deep_merge(over, {"method": {"params": _params(params)}})
     return deep_merge(raw, over), methods

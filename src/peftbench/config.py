@@ -198,6 +198,26 @@ def load_yaml(path: str | Path, kind: str = "config file", flag: str = "--config
     return data
 
 
+def nest(key: str, value: Any) -> dict[str, Any]:
+    """A dotted config key and its value as nested mappings: nest("train.lr", 1e-3) == {"train": {"lr": 1e-3}}."""
+    out: Any = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def flatten(d: dict[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """Nested mappings as dotted keys (the inverse of nest); empty mappings stay values."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{sep}{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key, sep))
+        else:
+            out[key] = v
+    return out
+
+
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():

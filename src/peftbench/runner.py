@@ -117,8 +117,9 @@ def prepare(cfg: RunConfig, method: Method, samples: bool) -> Prepared:
     return Prepared(task, method.apply(model, ctx), budget, select, untuned)
 
 
-def calibrate_flops(cfg: RunConfig, steps: int) -> int:
-    """Training FLOPs the config spends in its first `steps` optimizer steps, counted without training.
+def calibrate_flops(cfg: RunConfig, steps: int | None = None) -> int:
+    """Training FLOPs the config spends in its first `steps` optimizer steps (default: its own
+    steps or epochs budget), counted without training.
 
     FLOPs depend only on batch shapes, so each distinct shape among those batches gets one
     counted forward + backward (gradients dropped, no update); the rest reuse its figure.
@@ -127,6 +128,9 @@ def calibrate_flops(cfg: RunConfig, steps: int) -> int:
     if not method.trains:
         raise UserError(f"method '{cfg.method.name}' trains nothing, so it cannot set a FLOPs budget; pick a training method")
     prep = prepare(cfg, method, samples=False)
+    steps = steps if steps is not None else prep.budget.steps
+    if steps is None:
+        raise UserError("a FLOPs budget is calibrated from a steps or epochs budget; give --steps or --epochs")
     device = pick_device()
     model = prep.model.to(device)
     model.train()

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from peftbench.config import flatten
 from peftbench.errors import UserError, suggest
 
 if TYPE_CHECKING:  # not at run time: checking --report-to should not wait for torch to import
@@ -40,17 +41,6 @@ def check_trackers(kinds: list[str]) -> None:
         module, name = KINDS[k]
         if importlib.util.find_spec(module) is None:
             raise UserError(f"--report-to {k} needs {name}: pip install 'peftbench[track]'")
-
-
-def flatten(d: dict[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{sep}{k}" if prefix else str(k)
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key, sep))
-        else:
-            out[key] = v
-    return out
 
 
 def _numbers(d: dict[str, Any], prefix: str) -> dict[str, float]:

@@ -106,7 +106,7 @@ def _with_budget(raw: dict[str, Any], flops: float | None) -> dict[str, Any]:
 
 def equal_flops(plan: StudyPlan, log: Callable[[str], None]) -> dict[str, Any]:
     """Resolve the FLOPs every method gets: the reference method's count for the configured steps."""
-    from peftbench.runner import calibrate_flops, normalize
+    from peftbench.runner import calibrate_flops
 
     cfg = parse_config(plan.raw)
     if cfg.train.flops is not None:
@@ -122,17 +122,10 @@ def equal_flops(plan: StudyPlan, log: Callable[[str], None]) -> dict[str, Any]:
         raise UserError(f"reference method '{ref_name}' is not among the compared training methods ({', '.join(names)}); pick one of them")
     ref = next(e for e in trainers if e.name == ref_name)
     ref_cfg = parse_config(deep_merge(plan.raw, {"method": ref.spec, "train": {"seed": plan.seeds[0]}}))
-    from peftbench.train.loop import budget_steps
-    from peftbench.tasks import get_task
-
-    ref_cfg, method = normalize(ref_cfg)
-    steps = ref_cfg.train.steps
-    if steps is None:  # an epochs budget: its step count needs the training-set size
-        task = get_task(ref_cfg.task.kind)(ref_cfg.task, method.load_kwargs())
-        task.load_data()
-        steps = budget_steps(ref_cfg.train, task.train_size)
-    flops = calibrate_flops(ref_cfg, steps)
-    note = f"{ref_name}'s measured training FLOPs for {steps} steps of {ref_cfg.train.batch_size * ref_cfg.train.grad_accum} examples"
+    flops = calibrate_flops(ref_cfg)  # over the reference's own steps or epochs budget
+    t = ref_cfg.train
+    span = f"{t.steps} steps" if t.steps is not None else f"{t.epochs:g} epoch{'s' if t.epochs != 1 else ''}"
+    note = f"{ref_name}'s measured training FLOPs for {span} of {t.batch_size * t.grad_accum} examples"
     log(f"budget: {flops:.4g} training FLOPs per method ({note}; --budget steps gives every method the same steps instead)")
     return {"kind": "flops", "value": float(flops), "reference": note}
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from peftbench.compare.curves import Curve, aulc, curve_xy, flops_to_fraction, target_score
 from peftbench.compare.stats import Interval, PairedResult, mean_ci, metric_for, paired_bootstrap_seeds
+from peftbench.config import flatten
 from peftbench.store import RunRow, Store
 
 # Costs summarised per cell (dotted paths into result["costs"]), with display names and units.
@@ -165,16 +166,6 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def without(config: dict[str, Any], *paths: str) -> dict[str, Any]:

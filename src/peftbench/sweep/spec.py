@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from peftbench.config import RunConfig, deep_merge, explain, load_yaml
+from peftbench.config import RunConfig, deep_merge, explain, load_yaml, nest
 from peftbench.errors import UserError, suggest
 
 TOP_KEYS = ("name", "base", "axes", "seeds")
@@ -82,13 +82,6 @@ def _check_dotted(key: str, where: str) -> None:
             raise UserError(f"{where}: '{'.'.join(key.split('.')[:i + 1])}' is a value, not a section; fix the key")
 
 
-def _nest(key: str, value: Any) -> dict[str, Any]:
-    out: Any = value
-    for part in reversed(key.split(".")):
-        out = {part: out}
-    return out
-
-
 def _method_entries(entry: Any, where: str) -> list[dict[str, Any]]:
     """One method axis entry (a name, or {name, params, grid}) as method sections, grid expanded."""
     from peftbench.methods import get_method
@@ -146,7 +139,7 @@ def _axis(path: Path, key: Any, values: Any) -> list[Layer]:
             layers.append((at, {key: v}, _fmt(v[SHORTHAND[key]] if only_name else v)))
         elif "." in key:
             _check_dotted(key, where)
-            layers.append((at, _nest(key, v), f"{key.rsplit('.', 1)[-1]}={_fmt(v)}"))
+            layers.append((at, nest(key, v), f"{key.rsplit('.', 1)[-1]}={_fmt(v)}"))
         else:  # a named axis: linked settings, as partial configs
             if not isinstance(v, dict):
                 same = [k for k in _leaf_keys() if k.endswith("." + key)]
