@@ -11,6 +11,7 @@ from torch import nn
 from peftbench.errors import UserError
 from peftbench.methods import register
 from peftbench.methods.base import Context, Params, PeftMethod
+from peftbench.methods.prefix_compat import accept_prefixes
 
 
 class SoftPrompt(PeftMethod):
@@ -45,6 +46,21 @@ class Prefix(SoftPrompt):
     Params = PrefixParams
     default_lr = 3e-2
 
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        self.check(ctx)
+        if not accept_prefixes(model):  # before any training: the model cannot take key/value prefixes
+            kind = getattr(getattr(model, "config", None), "model_type", "this model")
+            raise UserError(
+                f"method 'prefix' needs a model whose attention takes past key values, and {kind} "
+                f"(transformers {_transformers_version()}) takes none; use prompt or p_tuning "
+                "(virtual input tokens), or prefix on a decoder or seq2seq model"
+            )
+        return super().apply(model, ctx)
+
+    def load(self, model: nn.Module, src: Path) -> nn.Module:
+        accept_prefixes(model)
+        return super().load(model, src)
+
     def peft_config(self, ctx: Context):
         from peft import PrefixTuningConfig
 
@@ -53,6 +69,12 @@ class Prefix(SoftPrompt):
             task_type=ctx.peft_task_type, num_virtual_tokens=p.num_virtual_tokens,
             prefix_projection=p.prefix_projection, encoder_hidden_size=p.encoder_hidden_size,
         )
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 class PromptParams(Params):
