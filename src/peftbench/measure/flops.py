@@ -4,6 +4,8 @@ Counting a step costs ~0.05 s extra (10-30% of a step here), so each distinct in
 once (on a real step) and its figure reused. Forward and backward are kept apart:
 frozen weights need no weight gradient, so a LoRA backward is ~1x its forward while a
 full fine-tuning backward is ~2x. Training and evaluation use separate meters.
+
+The training loop writes its own forward + backward inside `FlopMeter.count(batch)`.
 """
 
 from __future__ import annotations

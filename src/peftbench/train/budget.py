@@ -14,8 +14,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from peftbench.config import TrainSpec
 from peftbench.train import parallel
+
+
+def device_sync(device: torch.device) -> Callable[[], None]:
+    """Waits for the device's queued work (CUDA runs asynchronously); nothing to wait for elsewhere."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
 
 
 def budget_steps(spec: TrainSpec, train_size: int) -> int | None:
@@ -80,16 +89,22 @@ class EvalSchedule:
 
 
 class Stopwatch:
-    """Seconds counted while running."""
+    """Seconds counted while running.
 
-    def __init__(self) -> None:
-        self.total = 0.0
+    `stop` first waits for the device (`sync`), so a stretch includes the work it queued. Reading
+    `seconds` while running does not wait: the training loop reads it every step, and a GPU may
+    still be finishing the last few queued steps (a seconds budget may stop that much late).
+    """
+
+    def __init__(self, sync: Callable[[], None] = lambda: None) -> None:
+        self.sync, self.total = sync, 0.0
         self._since: float | None = None
 
     def start(self) -> None:
         self._since = time.perf_counter()
 
     def stop(self) -> None:
+        self.sync()
         self.total = self.seconds
         self._since = None
 
@@ -100,18 +115,14 @@ class Stopwatch:
     @contextmanager
     def running(self) -> Iterator[None]:
         self.start()
-        try:
-            yield
-        finally:
-            self.stop()
+        yield
+        self.stop()
 
     @contextmanager
     def stopped(self) -> Iterator[None]:
         self.stop()
-        try:
-            yield
-        finally:
-            self.start()
+        yield
+        self.start()
 
 
 class TokenCount:

@@ -1,4 +1,8 @@
-"""The training loop: one screen, measured as it runs.
+"""The training loop: one screen, the step written out (as nanoGPT's train.py writes it).
+
+Each optimizer step runs forward, loss and backward per micro-batch, clips, steps the optimizer,
+then measures once: FLOPs (counted around forward + backward), tokens, time and budget progress.
+The loss stays on the device and is read only when validating, so no step waits for the GPU.
 
 Budget in optimizer steps, measured training FLOPs or seconds; validation every `eval_every` steps gives the learning curve;
 the best validation point's trainable weights are restored at the end. The test split
@@ -18,7 +22,7 @@ from peftbench.measure.flops import FlopMeter
 from peftbench.methods.base import Method
 from peftbench.tasks.base import Task
 from peftbench.train import optim, parallel
-from peftbench.train.budget import Budget, EvalSchedule, Stopwatch, TokenCount
+from peftbench.train.budget import Budget, EvalSchedule, Stopwatch, TokenCount, device_sync
 
 
 class Reporter(Protocol):
@@ -69,7 +73,8 @@ def train(
     device: torch.device, meter: FlopMeter, eval_meter: FlopMeter, reporter: Reporter = Quiet(),
 ) -> TrainOutcome:
     """Train to the budget, validating along the way; the best validation point's weights are kept."""
-    clock, eval_clock = Stopwatch(), Stopwatch()  # training seconds (validation excluded); validation seconds
+    sync = device_sync(device)
+    clock, eval_clock = Stopwatch(sync), Stopwatch(sync)  # training seconds (validation excluded); validation seconds
 
     def validate(step: int, tokens: int, train_loss: float | None) -> EvalPoint:
         with eval_clock.running():
