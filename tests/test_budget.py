@@ -81,7 +81,8 @@ def test_progress_schedule_matches_the_step_schedule():
         progress = step / total
         prog.step()
         assert prog.get_last_lr()[0] == pytest.approx(ref.get_last_lr()[0], abs=1e-9)
-    cos = optim.ProgressSchedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 0.0, cosine=True, progress=lambda: 0.0)
+    cos = optim.ProgressSchedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 0.0, cosine=True,
+                                 progress=lambda: 0.0)
     assert cos.factor(0.5) == pytest.approx(0.5)
     assert cos.factor(1.0) == pytest.approx(0.0, abs=1e-12)
     assert cos.factor(0.25) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
