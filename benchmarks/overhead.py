@@ -55,6 +55,7 @@ from peftbench.methods.baselines import Full  # noqa: E402
 from peftbench.methods.lora import Lora  # noqa: E402
 from peftbench.tasks.base import Batch, EvalResult, Task  # noqa: E402
 from peftbench.tasks.classification import Classification  # noqa: E402
+from peftbench.train.budget import Budget  # noqa: E402
 from peftbench.train.loop import train  # noqa: E402
 
 transformers.logging.set_verbosity_error()
@@ -124,7 +125,7 @@ def run_peftbench(model: nn.Module, batches: list[Batch], meter: FlopMeter) -> f
     n = len(batches)
     spec = TrainSpec(steps=n, batch_size=batches[0]["input_ids"].shape[0], eval_every=n, lr=LR,
                      weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP_RATIO, max_grad_norm=CLIP)
-    out = train(model, Lora({}), PrebuiltTask(batches), spec, LR, n, CPU, meter, FlopMeter())
+    out = train(model, Lora({}), PrebuiltTask(batches), spec, LR, Budget("steps", n), CPU, meter, FlopMeter())
     return out.train_seconds
 
 

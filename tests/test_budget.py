@@ -13,7 +13,7 @@ from peftbench.config import TrainSpec, parse_config
 from peftbench.errors import UserError
 from peftbench.runner import calibrate_flops, run
 from peftbench.train import optim
-from peftbench.train.loop import Budget
+from peftbench.train.budget import Budget
 
 
 def config(tiny_config: dict, **train) -> dict:
@@ -73,14 +73,16 @@ def test_progress_schedule_matches_the_step_schedule():
     ref_opt = torch.optim.SGD([p1], lr=1.0)
     ref = get_linear_schedule_with_warmup(ref_opt, int(warmup_ratio * total), total)
     prog_opt = torch.optim.SGD([p2], lr=1.0)
-    prog = optim.ProgressSchedule(prog_opt, warmup_ratio, cosine=False)
+    progress = 0.0
+    prog = optim.ProgressSchedule(prog_opt, warmup_ratio, cosine=False, progress=lambda: progress)
     for step in range(1, total + 1):
         ref_opt.step(), prog_opt.step()
         ref.step()
-        prog.progress = step / total
+        progress = step / total
         prog.step()
         assert prog.get_last_lr()[0] == pytest.approx(ref.get_last_lr()[0], abs=1e-9)
-    cos = optim.ProgressSchedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 0.0, cosine=True)
+    cos = optim.ProgressSchedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 0.0, cosine=True,
+                                 progress=lambda: 0.0)
     assert cos.factor(0.5) == pytest.approx(0.5)
     assert cos.factor(1.0) == pytest.approx(0.0, abs=1e-12)
     assert cos.factor(0.25) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))

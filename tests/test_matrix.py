@@ -20,6 +20,7 @@ from peftbench.measure.flops import FlopMeter
 from peftbench.methods import REGISTRY, get_method
 from peftbench.methods.base import Context
 from peftbench.runner import make_task, normalize
+from peftbench.train.budget import Budget
 from peftbench.train.loop import train
 from test_image_classification import class_tree
 
@@ -45,7 +46,7 @@ def cell(arch: str, model: str, method: str, text_data: Path, image_data: Path, 
         m.check(ctx)
         m.prepare_task(task)
         tuned = m.apply(base, ctx)
-        train(tuned, m, task, cfg.train, cfg.train.lr or 0.0, STEPS if m.trains else 0, torch.device("cpu"), FlopMeter(), FlopMeter())
+        train(tuned, m, task, cfg.train, cfg.train.lr or 0.0, Budget("steps", STEPS if m.trains else 0), torch.device("cpu"), FlopMeter(), FlopMeter())
         m.save(tuned, out)
         torch.manual_seed(1)  # another random head: the saved weights must win
         fresh, _ = task.load_model(cfg.model)

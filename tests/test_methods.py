@@ -14,6 +14,7 @@ from peftbench.methods import REGISTRY, get_method
 from peftbench.methods.base import Context
 from peftbench.runner import normalize
 from peftbench.tasks import get_task
+from peftbench.train.budget import Budget
 from peftbench.train.loop import train
 
 # Which parameters (by name) each method may change; the classifier head trains under all but base.
@@ -64,7 +65,7 @@ def test_only_intended_parameters_change(tiny_config: dict, method: str) -> None
     steps = 12 if method == "adalora" else 4
     cfg, m, task, model = build(tiny_config, method, steps)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    train(model, m, task, cfg.train, cfg.train.lr or 0.0, steps, torch.device("cpu"), FlopMeter(), FlopMeter())
+    train(model, m, task, cfg.train, cfg.train.lr or 0.0, Budget("steps", steps), torch.device("cpu"), FlopMeter(), FlopMeter())
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
     if INTENDED[method] is None:
         assert not changed
@@ -87,7 +88,7 @@ def test_save_then_load_gives_identical_outputs(tiny_config: dict, method: str, 
         pytest.skip("few_shot needs a decoder or seq2seq model: see test_generation and test_matrix")
     steps = 12 if method == "adalora" else 3
     cfg, m, task, model = build(tiny_config, method, steps)
-    train(model, m, task, cfg.train, cfg.train.lr or 0.0, steps, torch.device("cpu"), FlopMeter(), FlopMeter())
+    train(model, m, task, cfg.train, cfg.train.lr or 0.0, Budget("steps", steps), torch.device("cpu"), FlopMeter(), FlopMeter())
     m.save(model, tmp_path / "adapter")
     assert any(f.suffix == ".safetensors" for f in (tmp_path / "adapter").iterdir())
     assert not list((tmp_path / "adapter").glob("*.bin")), "weights must be saved as safetensors"
@@ -110,7 +111,7 @@ def test_adalora_reallocates_ranks_every_step(tiny_config: dict) -> None:
     orig = model.base_model.update_and_allocate
     model.base_model.update_and_allocate = lambda step: (calls.append(step), orig(step))[1]
     spec = cfg.train.model_copy(update={"eval_every": steps})  # keep the final (pruned) weights
-    train(model, m, task, spec, 1e-2, steps, torch.device("cpu"), FlopMeter(), FlopMeter())
+    train(model, m, task, spec, 1e-2, Budget("steps", steps), torch.device("cpu"), FlopMeter(), FlopMeter())
     assert calls == list(range(1, steps + 1))
     # After the budget, ranks were masked: some singular values are exactly zero.
     e = [p for n, p in model.named_parameters() if "lora_E" in n]

@@ -21,6 +21,7 @@ from peftbench.methods.base import Context
 from peftbench.runner import normalize
 from peftbench.tasks import get_task
 from peftbench.tasks.multiple_choice import MultipleChoice, choice_logprobs
+from peftbench.train.budget import Budget
 from peftbench.train.loop import train
 from conftest import WORDS, write_jsonl
 
@@ -94,7 +95,7 @@ def train_and_evaluate(raw: dict, method: str = "lora"):
     model = m.apply(model, ctx)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     meter = FlopMeter()
-    out = train(model, m, task, cfg.train, cfg.train.lr, cfg.train.steps, torch.device("cpu"), meter, FlopMeter())
+    out = train(model, m, task, cfg.train, cfg.train.lr, Budget("steps", cfg.train.steps), torch.device("cpu"), meter, FlopMeter())
     moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     eval_meter = FlopMeter()
     res = task.evaluate(model, "test", 16, eval_meter)

@@ -162,6 +162,7 @@ def test_trains_lora_over_4bit_weights_and_reloads(tiny_config: dict, tmp_path: 
     from peftbench.measure.flops import FlopMeter
     from peftbench.runner import normalize
     from peftbench.tasks import get_task
+    from peftbench.train.budget import Budget
     from peftbench.train.loop import train
 
     steps = 4
@@ -186,7 +187,7 @@ def test_trains_lora_over_4bit_weights_and_reloads(tiny_config: dict, tmp_path: 
     device = torch.device("cuda")
     model.to(device)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    out = train(model, m, task, cfg.train, cfg.train.lr, steps, device, FlopMeter(), FlopMeter())
+    out = train(model, m, task, cfg.train, cfg.train.lr, Budget("steps", steps), device, FlopMeter(), FlopMeter())
     assert out.steps == steps
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
     assert changed and all(re.search(r"lora_|classifier", n) for n in changed), sorted(changed)[:5]

@@ -24,7 +24,7 @@ def feed(kinds: list[str], root: Path, name: str = "lora-run1") -> None:
         reporter = Tee(Quiet(), tracker)
         reporter.start(4)
         for p in POINTS:
-            reporter.step(p.step, None)
+            reporter.step(p.step)
             reporter.evaluating("validation", 1, 1)
             reporter.evaluated(p)
         tracker.finish(RESULT)

@@ -97,7 +97,7 @@ class BarReporter:
     def start(self, total_steps: int) -> None:
         self.total_steps = total_steps
 
-    def step(self, step: int, loss: float | None) -> None:
+    def step(self, step: int) -> None:
         self._bar("train", step, self.total_steps)
 
     def evaluating(self, split: str, done: int, total: int) -> None:

@@ -154,7 +154,7 @@ class Tracker:
         self.closed = False
 
     def start(self, total_steps: int) -> None: ...
-    def step(self, step: int, loss: float | None) -> None: ...
+    def step(self, step: int) -> None: ...
     def evaluating(self, split: str, done: int, total: int) -> None: ...
 
     def evaluated(self, point: EvalPoint) -> None:
@@ -218,9 +218,9 @@ class Tee:
         for r in self.reporters:
             r.start(total_steps)
 
-    def step(self, step: int, loss: float | None) -> None:
+    def step(self, step: int) -> None:
         for r in self.reporters:
-            r.step(step, loss)
+            r.step(step)
 
     def evaluating(self, split: str, done: int, total: int) -> None:
         for r in self.reporters:

@@ -4,11 +4,15 @@ Counting a step costs ~0.05 s extra (10-30% of a step here), so each distinct in
 once (on a real step) and its figure reused. Forward and backward are kept apart:
 frozen weights need no weight gradient, so a LoRA backward is ~1x its forward while a
 full fine-tuning backward is ~2x. Training and evaluation use separate meters.
+
+The training loop writes its own forward + backward inside `FlopMeter.count(batch)`.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,12 +44,18 @@ def _register_cpu_sdpa() -> None:
 _register_cpu_sdpa()
 
 
-class _GlobalOnly:
-    """Stands in for FlopCounterMode's ModuleTracker: every FLOP goes to "Global" only."""
+class _Phases:
+    """Stands in for FlopCounterMode's ModuleTracker: every FLOP goes to "Global" and to its phase.
 
-    parents = frozenset({"Global"})
+    The phase is "backward" while autograd runs a backward pass (torch's own ModuleTracker tests
+    the same), else "forward"; so one counter around forward + backward keeps the two apart.
+    """
 
-    def __enter__(self) -> _GlobalOnly:
+    @property
+    def parents(self) -> tuple[str, str]:
+        return ("Global", "backward" if torch._C._current_graph_task_id() != -1 else "forward")
+
+    def __enter__(self) -> _Phases:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -53,14 +63,18 @@ class _GlobalOnly:
 
 
 def counter() -> FlopCounterMode:
-    """torch's FlopCounterMode, totals only.
+    """torch's FlopCounterMode, totals only (overall, forward and backward).
 
     Its per-module breakdown hooks every module and was most of the counting cost
-    (+0.11 s against +0.05 s per counted MiniLM step); peftbench only reads the total.
+    (+0.11 s against +0.05 s per counted MiniLM step); peftbench only reads the totals.
     """
     fc = FlopCounterMode(display=False)
-    fc.mod_tracker = _GlobalOnly()
+    fc.mod_tracker = _Phases()
     return fc
+
+
+def phase_flops(fc: FlopCounterMode, phase: str) -> int:
+    return sum(fc.get_flop_counts().get(phase, {}).values())
 
 
 def shape_key(batch: dict[str, torch.Tensor]) -> Shape:
@@ -80,22 +94,32 @@ class FlopMeter:
     def total(self) -> int:
         return self.forward_flops + self.backward_flops
 
-    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
-        """A forward pass whose FLOPs are added (evaluation: no backward)."""
+    @contextmanager
+    def count(self, batch: dict[str, torch.Tensor]) -> Iterator[None]:
+        """Adds the FLOPs of the forward (and backward) run inside, for this batch's shape.
+
+        A shape is counted under FlopCounterMode the first time (forward and backward apart),
+        then its figures are reused without instrumenting the passes.
+        """
         key = shape_key(batch)
         if not self.enabled or key in self.cache:
-            out = model(**batch)
-            if self.enabled:
-                self.forward_flops += self.cache[key][0]
-            return out
-        t0 = time.perf_counter()
-        with counter() as fc:
-            out = model(**batch)
-        self.cache[key] = (fc.get_total_flops(), 0)
-        self.counted_shapes += 1
-        self.counting_seconds += time.perf_counter() - t0
-        self.forward_flops += self.cache[key][0]
-        return out
+            yield
+        else:
+            t0 = time.perf_counter()
+            with counter() as fc:
+                yield
+            self.cache[key] = (phase_flops(fc, "forward"), phase_flops(fc, "backward"))
+            self.counted_shapes += 1
+            self.counting_seconds += time.perf_counter() - t0
+        if self.enabled:
+            fwd, bwd = self.cache[key]
+            self.forward_flops += fwd
+            self.backward_flops += bwd
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        """A forward pass whose FLOPs are added (evaluation: no backward)."""
+        with self.count(batch):
+            return model(**batch)
 
     def generate(self, model: nn.Module, batch: dict[str, torch.Tensor], **kwargs: Any) -> Any:
         """model.generate with its FLOPs added; counted on every call, since each step's shapes differ."""
@@ -108,25 +132,12 @@ class FlopMeter:
         self.counting_seconds += time.perf_counter() - t0
         return out
 
-    def train_step(self, model: nn.Module, batch: dict[str, torch.Tensor], scale: float = 1.0) -> torch.Tensor:
-        """Forward + backward of one micro-batch; returns the (unscaled) loss, detached."""
-        key = shape_key(batch)
-        if not self.enabled or key in self.cache:
+    def train_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Forward + backward of one micro-batch, counted; returns the loss, detached.
+
+        For counting without training (calibration, tests); the training loop writes its own.
+        """
+        with self.count(batch):
             loss = model(**batch).loss
-            (loss * scale if scale != 1.0 else loss).backward()
-            if self.enabled:
-                fwd, bwd = self.cache[key]
-                self.forward_flops += fwd
-                self.backward_flops += bwd
-            return loss.detach()
-        t0 = time.perf_counter()
-        with counter() as fc:
-            loss = model(**batch).loss
-        with counter() as bc:
-            (loss * scale if scale != 1.0 else loss).backward()
-        self.cache[key] = (fc.get_total_flops(), bc.get_total_flops())
-        self.counted_shapes += 1
-        self.counting_seconds += time.perf_counter() - t0
-        self.forward_flops += self.cache[key][0]
-        self.backward_flops += self.cache[key][1]
+            loss.backward()
         return loss.detach()

@@ -21,6 +21,7 @@ decay; matrices and embeddings get train.weight_decay.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -69,13 +70,14 @@ def warmup_steps(spec: TrainSpec, total_steps: int) -> int:
 class ProgressSchedule(torch.optim.lr_scheduler.LambdaLR):
     """The same warm-up + linear (or cosine) shape, driven by the share of the budget spent.
 
-    A FLOPs or seconds budget does not know its step count in advance; the loop sets
-    `progress` (0..1) before each `step()`, and the factor follows it.
+    A FLOPs or seconds budget does not know its step count in advance; each `step()` reads
+    `progress()` (0..1, as the loop measured it after the update) and the factor follows it.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, warmup_ratio: float, cosine: bool) -> None:
-        self.progress, self.warmup_ratio, self.cosine = 0.0, warmup_ratio, cosine
-        super().__init__(optimizer, lambda _step: self.factor(self.progress))
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_ratio: float, cosine: bool,
+                 progress: Callable[[], float]) -> None:
+        self.progress, self.warmup_ratio, self.cosine = progress, warmup_ratio, cosine
+        super().__init__(optimizer, lambda _step: self.factor(self.progress()))
 
     def factor(self, p: float) -> float:
         w = self.warmup_ratio
@@ -85,10 +87,11 @@ class ProgressSchedule(torch.optim.lr_scheduler.LambdaLR):
         return 0.5 * (1.0 + math.cos(math.pi * t)) if self.cosine else 1.0 - t
 
 
-def build(model: nn.Module, spec: TrainSpec, lr: float, total_steps: int | None):
+def build(model: nn.Module, spec: TrainSpec, lr: float, total_steps: int | None,
+          progress: Callable[[], float] | None = None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """(optimizer, scheduler) for spec.optimizer; the scheduler is stepped once per optimizer step.
 
-    total_steps None (a FLOPs or seconds budget): a ProgressSchedule, whose `progress` the loop sets.
+    total_steps None (a FLOPs or seconds budget): a ProgressSchedule that follows `progress()`.
     """
     require(spec.optimizer)
     groups = param_groups(model, spec.weight_decay)
@@ -110,7 +113,9 @@ def build(model: nn.Module, spec: TrainSpec, lr: float, total_steps: int | None)
         )
     cosine = spec.optimizer == "prodigy"
     if total_steps is None:
-        return optimizer, ProgressSchedule(optimizer, spec.warmup_ratio, cosine)
+        if progress is None:
+            raise ValueError("a budget without a step count needs `progress` for its schedule")
+        return optimizer, ProgressSchedule(optimizer, spec.warmup_ratio, cosine, progress)
     if cosine:
         return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
