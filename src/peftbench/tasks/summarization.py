@@ -10,6 +10,7 @@ from datasets import DatasetDict
 
 from peftbench.errors import UserError
 from peftbench.tasks import register
+from peftbench.tasks.base import ColumnRole
 from peftbench.tasks.generation import Example, GenerationTask
 from peftbench.tasks.metrics import ROUGE_KEYS, rouge
 
@@ -19,8 +20,11 @@ class Summarization(GenerationTask):
     kind = "summarization"
     summary = "Write a summary of a text (DialogSum, SAMSum); ROUGE-1/2/L/Lsum on generated text"
     metrics = ROUGE_KEYS
-    # Several references per example only where asked (--column references=NAME) or built in (DialogSum test).
-    default_columns = {"text": "dialogue", "target": "summary"}
+    column_roles = (
+        ColumnRole("text", "dialogue"), ColumnRole("target", "summary", input=False),
+        # Several references per example only where asked (--column references=NAME) or built in (DialogSum test).
+        ColumnRole("references", None, input=False, checked=False),
+    )
     default_prompt = "Summarize the dialogue.\n{input}\nSummary:"
 
     def source(self, value: Any, split: str, row: int) -> str:
@@ -77,7 +81,10 @@ def linearize_table(table: Any) -> str:
 class TableToText(Summarization):
     kind = "table_to_text"
     summary = "Write a title or summary of a table (linearized row by row); ROUGE on generated text"
-    default_columns = {"text": "table", "target": "target"}
+    column_roles = (
+        ColumnRole("text", "table"), ColumnRole("target", "target", input=False),
+        ColumnRole("references", None, input=False, checked=False),
+    )
     default_prompt = "Describe the table in one sentence.\n{input}\nDescription:"
 
     def source(self, value: Any, split: str, row: int) -> str:
