@@ -19,6 +19,7 @@ from torch import nn
 from peftbench.config import ModelSpec, TaskSpec
 from peftbench.errors import UserError
 from peftbench.measure.flops import FlopMeter
+from peftbench.tasks.families import LM_FAMILIES
 
 Batch = dict[str, torch.Tensor]
 Progress = Callable[[int, int], None]
@@ -58,6 +59,7 @@ class Task(ABC):
     column_roles: ClassVar[tuple[ColumnRole, ...]] = ()  # what a row holds; the first input is the main one
     default_columns: ClassVar[dict[str, str]] = {}  # role -> column name when neither config nor data says (from column_roles)
     lm_scoring: bool = False  # set by the runner for in-context methods: no new head, score with the LM
+    train_columns: tuple[str, ...] = ()  # the train split's columns, where a task looks for a role's alternates
 
     # Set by load_model:
     family: str
@@ -156,8 +158,6 @@ class Task(ABC):
     @property
     def _labels_feed_decoder(self) -> bool:
         """An encoder-decoder reads its labels (shifted right) as decoder input: they are tokens fed."""
-        from peftbench.tasks.families import LM_FAMILIES
-
         lm = LM_FAMILIES.get(getattr(self, "family", ""))
         return lm is not None and lm.encoder_decoder
 
@@ -179,11 +179,15 @@ class Task(ABC):
         return self.demonstrations
 
     def column(self, role: str) -> str | None:
-        """The column that plays `role`: the config's, else the built-in dataset's, else the task default."""
+        """The column that plays `role`: the config's, else the built-in dataset's, else the first of the
+        role's alternates that train has, else the task default."""
         from peftbench.tasks.sources import builtin_columns
 
-        explicit = getattr(self.spec.data, f"{role}_column")
-        return explicit or builtin_columns(self.spec.data).get(role) or self.default_columns.get(role)
+        explicit = getattr(self.spec.data, f"{role}_column") or builtin_columns(self.spec.data).get(role)
+        if explicit:
+            return explicit
+        alternates = next((r.alternates for r in self.column_roles if r.name == role), ())
+        return next((c for c in alternates if c in self.train_columns), None) or self.default_columns.get(role)
 
     def checked_roles(self) -> list[str]:
         return [r.name for r in self.column_roles if r.checked]

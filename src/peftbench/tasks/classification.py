@@ -29,7 +29,7 @@ __all__ = ["Classification", "classification_metrics", "length_grouped_batches",
 class Classification(Task):
     kind = "classification"
     summary = "Label a text (or a text pair); accuracy and macro-F1"
-    families = ("encoder", "decoder", "seq2seq")
+    families = tuple(LABEL_STRATEGIES.by_family)
     metrics = ("accuracy", "macro_f1")
     select_metric = "macro_f1"
     column_roles = (ColumnRole("text", "text"), ColumnRole("label", "label", input=False), ColumnRole("text_pair"))

@@ -117,7 +117,7 @@ class Example:
 class GenerationTask(Task):
     """A task whose output is text: subclasses read their rows and score the decoded text."""
 
-    families = ("decoder", "seq2seq")
+    families = tuple(LM_FAMILIES)
     select_metric = "rougeL"
     default_prompt: ClassVar[str] = "{input}"
     column_roles = (ColumnRole("text"), ColumnRole("target", input=False))

@@ -21,7 +21,7 @@ from peftbench.tasks import register
 from peftbench.tasks.base import Batch, ColumnRole, EvalResult, Progress, Task, metered
 from peftbench.tasks.choice_data import EXCERPT, letter, read_inputs, read_splits, short
 from peftbench.tasks.choice_strategies import ANSWER_CUE, CHOICE_STRATEGIES, ChoiceStrategy
-from peftbench.tasks.sources import SPLITS, builtin_columns, load_splits
+from peftbench.tasks.sources import SPLITS, load_splits
 from peftbench.tasks.text import (  # noqa: F401  (choice_logprobs: re-exported)
     choice_logprobs, fit_max_length, length_grouped_batches, load_text_model_config, position_limit, special_affixes,
 )
@@ -36,7 +36,7 @@ class MultipleChoice(Task):
         "Pick the answer among fixed choices (CommonsenseQA, RACE, ARC...): a choice classifier on encoders, "
         "length-normalized log-likelihood of each choice on decoders and seq2seq"
     )
-    families = ("encoder", "decoder", "seq2seq")
+    families = tuple(CHOICE_STRATEGIES.by_family)
     metrics = ("accuracy",)
     select_metric = "accuracy"
     column_roles = (
@@ -50,24 +50,11 @@ class MultipleChoice(Task):
     strategy: ChoiceStrategy  # per family, chosen when the model loads
     splits: dict[str, dict[str, list[Any]]]  # split -> question / context / choices / answer -> values
 
-    def __init__(self, spec: Any, model_kwargs: dict[str, Any] | None = None) -> None:
-        super().__init__(spec, model_kwargs)
-        self._columns: list[str] = []
-
     # -- data ------------------------------------------------------------------------
-
-    def column(self, role: str) -> str | None:
-        """Config, then built-in data, then the first of the role's alternates present in train, then the default."""
-        explicit = getattr(self.spec.data, f"{role}_column", None) or builtin_columns(self.spec.data).get(role)
-        if explicit:
-            return explicit
-        alternates = next((r.alternates for r in self.column_roles if r.name == role), ())
-        found = next((c for c in alternates if c in self._columns), None)
-        return found or self.default_columns.get(role)
 
     def load_data(self) -> None:
         dd = load_splits(self.spec.data)
-        self._columns = list(dd["train"].column_names)
+        self.train_columns = tuple(dd["train"].column_names)
         self.require_columns({s: list(dd[s].column_names) for s in SPLITS}, self.checked_roles())
         self.splits, self.num_choices = read_splits(dd, {r: self.column(r) for r in self.checked_roles()})
 
