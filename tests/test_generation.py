@@ -340,10 +340,10 @@ def test_few_shot_classification_on_decoders_scores_label_names(tiny_models, tin
     task.load_data()
     model, tok = task.load_model(cfg.model)
     assert hasattr(model, "lm_head") and task.head_modules == [] and task.peft_task_type == "CAUSAL_LM"
-    prompt = task.codec.prompt("happy glad day")
-    scores = task._score_labels(model.eval(), [prompt], None)[0]
+    prompt = task.strategy.codec.prompt("happy glad day")
+    scores = task.strategy.score_labels(model.eval(), [prompt], None)[0]
     with torch.no_grad():  # by hand: mean log-probability of each label's tokens after the prompt
-        for k, ids in enumerate(task._label_ids):
+        for k, ids in enumerate(task.strategy.label_ids):
             logp = torch.log_softmax(model(torch.tensor([prompt + ids])).logits[0].float(), -1)
             want = sum(float(logp[len(prompt) - 1 + t, ids[t]]) for t in range(len(ids))) / len(ids)
             assert float(scores[k]) == pytest.approx(want, abs=1e-4)

@@ -517,18 +517,18 @@ def predict_cmd(
 @app.command("tasks")
 @friendly
 def tasks_cmd(json_out: bool = Opt(False, "--json", help="Print as JSON.")) -> None:
-    """List task kinds: the model families each takes, its metrics and default columns."""
+    """List task kinds: the model families each takes, its metrics and column roles (Task.column_roles)."""
     from rich.table import Table
 
     from peftbench.tasks import REGISTRY
 
     docs = [{"task": k, "summary": c.summary, "families": list(c.families), "metrics": list(c.metrics),
-             "select_metric": c.select_metric, "columns": dict(c.default_columns)} for k, c in REGISTRY.items()]
+             "select_metric": c.select_metric, "columns": c.column_docs()} for k, c in REGISTRY.items()]
     if json_out:
         print(json.dumps(docs, indent=2))
         return
     table = Table(title="tasks")
-    for col in ("task", "model families", "metrics", "default columns", "what it does"):
+    for col in ("task", "model families", "metrics", "column roles: default column", "what it does"):
         table.add_column(col)
     for d in docs:
         table.add_row(d["task"], ", ".join(d["families"]), ", ".join(d["metrics"]),

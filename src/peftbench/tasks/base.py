@@ -18,10 +18,28 @@ from torch import nn
 
 from peftbench.config import ModelSpec, TaskSpec
 from peftbench.errors import UserError
+from peftbench.measure.flops import FlopMeter
+from peftbench.tasks.families import LM_FAMILIES
 
 Batch = dict[str, torch.Tensor]
 Progress = Callable[[int, int], None]
 PREDICT = "predict"  # the split new inputs become while Task.predict scores them
+
+
+def metered(flops: FlopMeter | None) -> FlopMeter:
+    """The meter to run passes through: the caller's, else one that counts nothing."""
+    return flops if flops is not None else FlopMeter(enabled=False)
+
+
+@dataclass(frozen=True)
+class ColumnRole:
+    """A part of a row a task reads, and the column it comes from unless the config names one."""
+
+    name: str  # the role (`--column NAME=...` and the config's <name>_column)
+    default: str | None = None  # the column when neither config nor built-in data names one; None: optional
+    input: bool = True  # read from new inputs by predict (not a label or target)
+    checked: bool = True  # every split must have the column, when there is one
+    alternates: tuple[str, ...] = ()  # columns looked for in train, in order, before the default
 
 
 @dataclass
@@ -38,13 +56,20 @@ class Task(ABC):
     families: ClassVar[tuple[str, ...]]  # model families it can use (models.FAMILIES)
     metrics: ClassVar[tuple[str, ...]]  # headline metrics, as evaluate reports them
     select_metric: ClassVar[str]  # default validation metric for checkpoint selection
-    default_columns: ClassVar[dict[str, str]] = {}  # role -> column name when neither config nor data says
+    column_roles: ClassVar[tuple[ColumnRole, ...]] = ()  # what a row holds; the first input is the main one
+    default_columns: ClassVar[dict[str, str]] = {}  # role -> column name when neither config nor data says (from column_roles)
     lm_scoring: bool = False  # set by the runner for in-context methods: no new head, score with the LM
+    train_columns: tuple[str, ...] = ()  # the train split's columns, where a task looks for a role's alternates
 
     # Set by load_model:
     family: str
     peft_task_type: str | None
     head_modules: list[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "default_columns" not in cls.__dict__:
+            cls.default_columns = {r.name: r.default for r in cls.column_roles if r.default is not None}
 
     def __init__(self, spec: TaskSpec, model_kwargs: dict[str, Any] | None = None) -> None:
         self.spec = spec
@@ -75,7 +100,10 @@ class Task(ABC):
 
     def input_columns(self) -> dict[str, str]:
         """Role -> column name of what a prediction reads; the first is the main input."""
-        raise UserError(f"task '{self.kind}' cannot predict new inputs")
+        cols = {r.name: self.column(r.name) for r in self.column_roles if r.input}
+        if not cols:
+            raise UserError(f"task '{self.kind}' cannot predict new inputs")
+        return {role: col for role, col in cols.items() if col is not None}
 
     def predict_split(self, rows: list[dict[str, Any]], root: Path | None = None) -> Any:
         """New inputs (rows keyed by column name) as one split of this task's data, with placeholder
@@ -123,13 +151,15 @@ class Task(ABC):
             n = batch["input_ids"].numel() if "input_ids" in batch else next(iter(batch.values())).shape[0]
         if "decoder_attention_mask" in batch:
             n += int(batch["decoder_attention_mask"].sum())
-        elif "labels" in batch and batch["labels"].ndim == 2 and "decoder_input_ids" not in batch and self._seq2seq:
+        elif "labels" in batch and batch["labels"].ndim == 2 and "decoder_input_ids" not in batch and self._labels_feed_decoder:
             n += int((batch["labels"] != -100).sum())
         return n
 
     @property
-    def _seq2seq(self) -> bool:
-        return getattr(self, "family", "") == "seq2seq"
+    def _labels_feed_decoder(self) -> bool:
+        """An encoder-decoder reads its labels (shifted right) as decoder input: they are tokens fed."""
+        lm = LM_FAMILIES.get(getattr(self, "family", ""))
+        return lm is not None and lm.encoder_decoder
 
     def demonstrate(self, k: int, seed: int) -> dict[str, Any]:
         """Few-shot prompting: put k training examples before every input; returns context stats."""
@@ -149,11 +179,24 @@ class Task(ABC):
         return self.demonstrations
 
     def column(self, role: str) -> str | None:
-        """The column that plays `role`: the config's, else the built-in dataset's, else the task default."""
+        """The column that plays `role`: the config's, else the built-in dataset's, else the first of the
+        role's alternates that train has, else the task default."""
         from peftbench.tasks.sources import builtin_columns
 
-        explicit = getattr(self.spec.data, f"{role}_column")
-        return explicit or builtin_columns(self.spec.data).get(role) or self.default_columns.get(role)
+        explicit = getattr(self.spec.data, f"{role}_column") or builtin_columns(self.spec.data).get(role)
+        if explicit:
+            return explicit
+        alternates = next((r.alternates for r in self.column_roles if r.name == role), ())
+        return next((c for c in alternates if c in self.train_columns), None) or self.default_columns.get(role)
+
+    def checked_roles(self) -> list[str]:
+        return [r.name for r in self.column_roles if r.checked]
+
+    @classmethod
+    def column_docs(cls) -> dict[str, str]:
+        """Role -> the column(s) it is read from by default, as `peftbench tasks` lists them."""
+        return {r.name: " ".join(filter(None, [" / ".join(r.alternates) or r.default, "(optional)" * (r.default is None)]))
+                for r in cls.column_roles}
 
     def require_columns(self, columns: dict[str, list[str]], roles: list[str]) -> None:
         """Refuse a split that lacks the column of a role. `columns`: split -> its column names."""

@@ -1,9 +1,5 @@
-"""Text classification on every text family.
-
-Encoders and decoders get a sequence-classification head (decoders pool their last
-non-pad token, so a pad token is set); seq2seq models are used text-to-text, as T5 is:
-they learn to write the label's name, and the generated text is matched to a label.
-"""
+"""Text classification on every text family: reading and checking the labelled rows, then
+batching and scoring them through the family's strategy (label_strategies)."""
 
 from __future__ import annotations
 
@@ -16,41 +12,35 @@ import numpy as np
 import torch
 from datasets import Dataset
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, DataCollatorWithPadding
 
-from peftbench import models
-from peftbench.config import GenerationSpec, ModelSpec
+from peftbench.config import ModelSpec
 from peftbench.errors import UserError
 from peftbench.tasks import register
-from peftbench.tasks.base import PREDICT, Batch, EvalResult, Progress, Task
-from peftbench.tasks.generation import PairCodec
+from peftbench.tasks.base import PREDICT, Batch, ColumnRole, EvalResult, Progress, Task, metered
+from peftbench.tasks.label_strategies import LABEL_STRATEGIES, LabelStrategy
 from peftbench.tasks.metrics import classification_metrics
 from peftbench.tasks.sources import SPLITS, load_splits
-from peftbench.tasks.text import (
-    PAD_MULTIPLE, choice_logprobs, endless_batches, fit_max_length, length_grouped_batches, load_text_model_config,
-    position_limit,
-)
+from peftbench.tasks.text import endless_batches, length_grouped_batches, load_text_model_config, position_limit
 
 __all__ = ["Classification", "classification_metrics", "length_grouped_batches", "position_limit"]
-
-LABEL_DECODING = GenerationSpec(num_beams=1, no_repeat_ngram_size=0)  # a label name is short: greedy
 
 
 @register
 class Classification(Task):
     kind = "classification"
     summary = "Label a text (or a text pair); accuracy and macro-F1"
-    families = ("encoder", "decoder", "seq2seq")
+    families = tuple(LABEL_STRATEGIES.by_family)
     metrics = ("accuracy", "macro_f1")
     select_metric = "macro_f1"
-    default_columns = {"text": "text", "label": "label"}
+    column_roles = (ColumnRole("text", "text"), ColumnRole("label", "label", input=False), ColumnRole("text_pair"))
 
     labels: list[str]
+    strategy: LabelStrategy  # per family, chosen when the model loads
     splits: dict[str, dict[str, list[Any]]]  # split -> column -> values
 
     def load_data(self) -> None:
         dd = load_splits(self.spec.data)
-        self.require_columns({s: dd[s].column_names for s in SPLITS}, ["text", "label", "text_pair"])
+        self.require_columns({s: dd[s].column_names for s in SPLITS}, self.checked_roles())
         text_col, label_col, pair_col = self.column("text"), self.column("label"), self.column("text_pair")
         for split in SPLITS:
             odd = next((v for v in dd[split][label_col] if isinstance(v, (list, dict))), None)
@@ -78,10 +68,6 @@ class Classification(Task):
             if pair_col:
                 cols["text_pair"] = self._texts(dd[split], pair_col, split, "text pair")
             self.splits[split] = cols
-
-    def input_columns(self) -> dict[str, str]:
-        pair = self.column("text_pair")
-        return {"text": self.column("text"), **({"text_pair": pair} if pair else {})}
 
     def predict_split(self, rows: list[dict[str, Any]], root: Path | None = None) -> dict[str, list[Any]]:
         split: dict[str, list[Any]] = {
@@ -128,102 +114,28 @@ class Classification(Task):
         tok, config = load_text_model_config(self, spec)
         self.tokenizer = tok
         self._encoded: dict[str, list[dict[str, Any]]] = {}
-        if self.family == "seq2seq":
-            return self._load_text_to_text(spec, tok, config), tok
-        if self.family == "decoder" and self.lm_scoring:
-            return self._load_label_scoring(spec, tok, config), tok
-        self.max_length = fit_max_length(self.spec, spec.name, tok, config)
-        n = len(self.labels)
-        model, self.head_modules = models.load_with_new_modules(
-            AutoModelForSequenceClassification, spec, num_labels=n, ignore_mismatched_sizes=True,  # new head
-            id2label=dict(enumerate(self.labels)), label2id={l: i for i, l in enumerate(self.labels)}, **self.model_kwargs,
-        )
-        model.config.pad_token_id = tok.pad_token_id  # decoders find each row's last token by it
-        self.peft_task_type = "SEQ_CLS"
-        self._collate = DataCollatorWithPadding(tok, pad_to_multiple_of=PAD_MULTIPLE, return_tensors="pt")
-        return model, tok
-
-    def _load_text_to_text(self, spec: ModelSpec, tok: Any, config: Any) -> nn.Module:
-        self.max_length = fit_max_length(self.spec, spec.name, tok, config)
-        model = models.load_pretrained(AutoModelForSeq2SeqLM, spec, **self.model_kwargs)
-        self.peft_task_type = "SEQ_2_SEQ_LM"
-        self.head_modules = []
-        # Naming the options lets an untuned instruction model (flan-T5) answer with one of them.
-        template = self.spec.prompt or "{input}\nOptions: " + ", ".join(self.labels) + ".\nAnswer:"
-        self.codec = PairCodec(tok, "seq2seq", template, self.max_length, self.spec.max_target_length)
-        self._label_ids = [self.codec.target(name) for name in self.labels]
-        self.context_window = position_limit(tok, config)
-        return model
-
-    def _load_label_scoring(self, spec: ModelSpec, tok: Any, config: Any) -> nn.Module:
-        """A decoder without a head: each label name is scored by its mean token log-probability
-        after the prompt (for in-context baselines, whose demonstrations a head cannot read)."""
-        self._label_ids = [tok(" " + name, add_special_tokens=False)["input_ids"] for name in self.labels]
-        longest = max(len(ids) for ids in self._label_ids)
-        self.max_length = fit_max_length(self.spec, spec.name, tok, config, extra=longest)
-        model = models.load_pretrained(AutoModelForCausalLM, spec, **self.model_kwargs)
-        model.config.pad_token_id = tok.pad_token_id
-        self.peft_task_type, self.head_modules = "CAUSAL_LM", []
-        template = self.spec.prompt or "{input}\nOptions: " + ", ".join(self.labels) + ".\nAnswer:"
-        self.codec = PairCodec(tok, "decoder", template, self.max_length, longest + 1)
-        self.context_window = position_limit(tok, config)
-        return model
-
-    @property
-    def _mode(self) -> str:
-        """head (a classifier), text (seq2seq writes the label) or score (a decoder scores label names)."""
-        return "text" if self.family == "seq2seq" else "score" if hasattr(self, "codec") else "head"
-
-    def _score_labels(self, model: nn.Module, prompts: list[list[int]], flops: Any) -> torch.Tensor:
-        """[examples, labels] mean log-probability of each label's tokens after its prompt."""
-        rows = [{"input_ids": p + ids, "labels": [-100] * len(p) + ids} for p in prompts for ids in self._label_ids]
-        batch = self.codec.collate(rows)
-        labels = batch.pop("labels").to(next(model.parameters()).device)
-        batch = {k: v.to(labels.device) for k, v in batch.items()}
-        logits = (flops.forward(model, batch) if flops is not None else model(**batch)).logits
-        sums, counts = choice_logprobs(logits, labels, shift=True)
-        return (sums / counts).view(len(prompts), len(self._label_ids))
+        self.strategy = LABEL_STRATEGIES.pick(self.family, self.lm_scoring)(self)
+        return self.strategy.load(spec, tok, config), tok
 
     def demonstrate(self, k: int, seed: int) -> dict[str, Any]:
-        if self._mode == "head":  # a classification head reads no demonstrations
+        if self.strategy.codec is None:  # a classification head reads no demonstrations
             return super().demonstrate(k, seed)
         picks = np.random.default_rng(seed).choice(self.train_size, size=min(k, self.train_size), replace=False)
         return self.codec_demonstrations(
-            self.codec, [(self._source("train", i), self.labels[self.splits["train"]["label"][i]]) for i in picks])
+            self.strategy.codec, [(self.source("train", i), self.labels[self.splits["train"]["label"][i]]) for i in picks])
 
-    def _source(self, split: str, i: int) -> str:
+    def source(self, split: str, i: int) -> str:
+        """Example i's input text (a pair on two lines), as a prompt shows it."""
         cols = self.splits[split]
         return cols["text"][i] if "text_pair" not in cols else f"{cols['text'][i]}\n{cols['text_pair'][i]}"
 
     def _encode(self, split: str) -> list[dict[str, Any]]:
         if split not in self._encoded:
-            cols = self.splits[split]
-            if self._mode == "text":
-                self._encoded[split] = [
-                    {"input_ids": self.codec.prompt(self._source(split, i)), "labels": self._label_ids[y]}
-                    for i, y in enumerate(cols["label"])
-                ]
-            elif self._mode == "score":  # prompt + the gold label's tokens, the loss on those only
-                prompts = [self.codec.prompt(self._source(split, i)) for i in range(len(cols["label"]))]
-                self._encoded[split] = [
-                    {"input_ids": p + self._label_ids[y], "labels": [-100] * len(p) + self._label_ids[y], "prompt": p, "gold": y}
-                    for p, y in zip(prompts, cols["label"])
-                ]
-            else:
-                enc = self.tokenizer(cols["text"], cols.get("text_pair"), truncation=True, max_length=self.max_length)
-                keys = list(enc.keys())
-                self._encoded[split] = [
-                    {**{k: enc[k][i] for k in keys}, "labels": y} for i, y in enumerate(cols["label"])
-                ]
+            self._encoded[split] = self.strategy.encode(split)
         return self._encoded[split]
 
-    def _batch(self, rows: list[dict[str, Any]]) -> Batch:
-        if self._mode == "head":
-            return self._collate(rows)
-        return self.codec.collate([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
-
     def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
-        return endless_batches(self._encode("train"), batch_size, seed, self._batch)
+        return endless_batches(self._encode("train"), batch_size, seed, self.strategy.collate)
 
     def match_label(self, text: str) -> int:
         """The label a generated text names (case and surrounding punctuation ignored), or -1."""
@@ -239,6 +151,7 @@ class Classification(Task):
         progress: Progress | None = None, limit: int | None = None, score: bool = True,
     ) -> EvalResult:
         rows = self._encode(split)[:limit]
+        strategy, meter = self.strategy, metered(flops)
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
@@ -246,38 +159,31 @@ class Classification(Task):
         order = sorted(range(len(rows)), key=lambda i: len(rows[i].get("prompt", rows[i]["input_ids"])))
         preds = [0] * len(rows)
         loss_sum = 0.0
-        longest = max(len(ids) for ids in self._label_ids) if self.family == "seq2seq" else 0
         for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            if score or self._mode == "head":  # text and score modes predict with other passes
-                batch = {k: v.to(device) for k, v in self._batch([rows[j] for j in idx]).items()}
-                out = flops.forward(model, batch) if flops is not None else model(**batch)
-                loss_sum += float(out.loss) * len(idx)
-            if self.family == "seq2seq":  # the label word is generated, then matched
-                texts = self.codec.generate(model, [rows[j]["input_ids"] for j in idx], LABEL_DECODING, flops, longest)
-                guesses = [self.match_label(t) for t in texts]
-            elif self._mode == "score":
-                guesses = self._score_labels(model, [rows[j]["prompt"] for j in idx], flops).argmax(-1).tolist()
-            else:
-                guesses = out.logits.argmax(-1).tolist()
-            for j, p in zip(idx, guesses):
+            picked = [rows[j] for j in order[i : i + batch_size]]
+            out = None
+            if score or strategy.forward_predicts:  # other strategies predict with passes of their own
+                batch = {k: v.to(device) for k, v in strategy.collate(picked).items()}
+                out = meter.forward(model, batch)
+                loss_sum += float(out.loss) * len(picked)
+            for j, p in zip(order[i : i + batch_size], strategy.predict(model, picked, out, meter)):
                 preds[j] = p
             if progress:
-                progress(i + len(idx), len(rows))
+                progress(i + len(picked), len(rows))
         model.train(was_training)
         refs = self.splits[split]["label"][: len(rows)]
         if not score:
             return EvalResult(metrics={}, predictions=preds, references=refs, examples=len(rows))
         # Text-to-text predicts -1 for a text naming no label: score it as wrong, not as a class.
-        labels = list(range(len(self.labels))) if self.family == "seq2seq" else None
+        labels = list(range(len(self.labels))) if strategy.may_miss else None
         metrics = classification_metrics(refs, preds, labels)
         metrics["loss"] = loss_sum / max(len(rows), 1)
-        if self.family == "seq2seq":
+        if strategy.may_miss:
             metrics["unmatched"] = sum(p < 0 for p in preds) / max(len(rows), 1)
         return EvalResult(metrics=metrics, predictions=preds, references=refs, examples=len(rows))
 
     def example(self, split: str, i: int) -> tuple[str, str]:
-        return self._source(split, i), self.labels[self.splits[split]["label"][i]]
+        return self.source(split, i), self.labels[self.splits[split]["label"][i]]
 
     def render(self, prediction: Any) -> str:
         return self.labels[prediction] if isinstance(prediction, int) and 0 <= prediction < len(self.labels) else "(no label)"

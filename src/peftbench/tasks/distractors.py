@@ -8,6 +8,7 @@ from datasets import DatasetDict
 
 from peftbench.errors import UserError
 from peftbench.tasks import register
+from peftbench.tasks.base import ColumnRole
 from peftbench.tasks.generation import Example, GenerationTask
 from peftbench.tasks.metrics import bleu, rouge
 
@@ -19,11 +20,9 @@ class Distractors(GenerationTask):
     kind = "distractors"
     summary = "Write wrong options for a multiple-choice question (RACE-style); BLEU-1..4 and ROUGE-L"
     metrics = ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL")
-    default_columns = {"text": "article", "question": "question", "answer": "answer", "target": "distractors"}
+    column_roles = (ColumnRole("text", "article"), ColumnRole("question", "question"), ColumnRole("answer", "answer"),
+                    ColumnRole("target", "distractors", input=False))
     default_prompt = "{input}\nWrong options:"
-
-    def required_roles(self) -> list[str]:
-        return ["text", "question", "answer", "target"]
 
     def read(self, dd: DatasetDict, split: str) -> list[Example]:
         articles = self.text_values(dd, split, "text")

@@ -18,12 +18,13 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from peftbench import models
 from peftbench.config import GenerationSpec, ModelSpec
 from peftbench.errors import UserError
-from peftbench.tasks.base import PREDICT, Batch, EvalResult, Progress, Task
+from peftbench.tasks.base import PREDICT, Batch, ColumnRole, EvalResult, Progress, Task, metered
+from peftbench.tasks.families import LM_FAMILIES
 from peftbench.tasks.sources import SPLITS, load_splits
 from peftbench.tasks.text import endless_batches, fit_max_length, load_text_model_config, pad, position_limit, special_affixes
 
@@ -33,7 +34,7 @@ class PairCodec:
 
     def __init__(self, tok: Any, family: str, template: str, max_length: int, max_target_length: int) -> None:
         self.tok, self.family = tok, family
-        self.seq2seq = family == "seq2seq"
+        self.seq2seq = LM_FAMILIES[family].encoder_decoder
         pre, post = template.split("{input}")
         self.pre = tok(pre, add_special_tokens=False)["input_ids"] if pre else []
         self.post = tok(post, add_special_tokens=False)["input_ids"] if post else []
@@ -101,7 +102,7 @@ class PairCodec:
             kwargs.update(temperature=gen.temperature, top_k=gen.top_k, top_p=gen.top_p)
         else:  # the model's own generation_config may hold sampling settings; greedy/beam must not warn
             kwargs.update(temperature=None, top_k=None, top_p=None)
-        out = flops.generate(model, batch, **kwargs) if flops is not None else model.generate(**batch, **kwargs)
+        out = metered(flops).generate(model, batch, **kwargs)
         new = out if self.seq2seq else out[:, batch["input_ids"].shape[1] :]
         return [t.strip() for t in self.tok.batch_decode(new, skip_special_tokens=True)]
 
@@ -116,9 +117,10 @@ class Example:
 class GenerationTask(Task):
     """A task whose output is text: subclasses read their rows and score the decoded text."""
 
-    families = ("decoder", "seq2seq")
+    families = tuple(LM_FAMILIES)
     select_metric = "rougeL"
     default_prompt: ClassVar[str] = "{input}"
+    column_roles = (ColumnRole("text"), ColumnRole("target", input=False))
 
     splits: dict[str, list[Example]]
 
@@ -129,16 +131,10 @@ class GenerationTask(Task):
     @abstractmethod
     def score(self, predictions: list[str], references: list[list[str]]) -> dict[str, float]: ...
 
-    def required_roles(self) -> list[str]:
-        return ["text", "target"]
-
     def load_data(self) -> None:
         dd = load_splits(self.spec.data)
-        self.require_columns({s: dd[s].column_names for s in SPLITS}, self.required_roles())
+        self.require_columns({s: dd[s].column_names for s in SPLITS}, self.checked_roles())
         self.splits = {s: self.read(dd, s) for s in SPLITS}
-
-    def input_columns(self) -> dict[str, str]:
-        return {role: self.column(role) for role in self.required_roles() if role != "target"}
 
     def predict_split(self, rows: list[dict[str, Any]], root: Path | None = None) -> list[Example]:
         """Read as a data split is (tables linearized, prompts built), with a placeholder target."""
@@ -171,14 +167,13 @@ class GenerationTask(Task):
 
     def load_model(self, spec: ModelSpec) -> tuple[nn.Module, Any]:
         tok, config = load_text_model_config(self, spec)
-        decoder = self.family == "decoder"
-        extra = self.spec.max_target_length if decoder else 0  # a decoder's target shares its window
+        lm = LM_FAMILIES[self.family]
+        extra = 0 if lm.encoder_decoder else self.spec.max_target_length  # a decoder's target shares its window
         max_length = fit_max_length(self.spec, spec.name, tok, config, extra)
         self.context_window = position_limit(tok, config)
-        auto = AutoModelForCausalLM if decoder else AutoModelForSeq2SeqLM
-        model = models.load_pretrained(auto, spec, **self.model_kwargs)
+        model = models.load_pretrained(lm.auto, spec, **self.model_kwargs)
         model.config.pad_token_id = tok.pad_token_id
-        self.peft_task_type = "CAUSAL_LM" if decoder else "SEQ_2_SEQ_LM"
+        self.peft_task_type = lm.peft_task_type
         self.head_modules = []  # the LM head is the model's own
         self.tokenizer = tok
         self.codec = PairCodec(tok, self.family, self.spec.prompt or self.default_prompt, max_length,
@@ -199,6 +194,7 @@ class GenerationTask(Task):
         self, model: nn.Module, split: str, batch_size: int, flops: Any = None,
         progress: Progress | None = None, limit: int | None = None, score: bool = True,
     ) -> EvalResult:
+        meter = metered(flops)
         examples = self.splits[split][:limit]
         rows = self._encode(split)[: len(examples)]
         prompts = [self.codec.prompt(e.source) for e in examples]
@@ -212,9 +208,8 @@ class GenerationTask(Task):
             idx = order[i : i + batch_size]
             if score:  # the teacher-forced loss: a pass of its own, not part of predicting
                 batch = {k: v.to(device) for k, v in self.codec.collate([rows[j] for j in idx]).items()}
-                out = flops.forward(model, batch) if flops is not None else model(**batch)
-                loss_sum += float(out.loss) * len(idx)
-            for j, text in zip(idx, self.codec.generate(model, [prompts[j] for j in idx], self.spec.generation, flops)):
+                loss_sum += float(meter.forward(model, batch).loss) * len(idx)
+            for j, text in zip(idx, self.codec.generate(model, [prompts[j] for j in idx], self.spec.generation, meter)):
                 preds[j] = text
             if progress:
                 progress(i + len(idx), len(examples))

@@ -10,8 +10,13 @@ from datasets import DatasetDict
 
 from peftbench.errors import UserError
 from peftbench.tasks import register
+from peftbench.tasks.base import ColumnRole
 from peftbench.tasks.generation import Example, GenerationTask
 from peftbench.tasks.metrics import ROUGE_KEYS, rouge
+
+# Several references per example only where asked (--column references=NAME) or built in (DialogSum test);
+# a split without them is scored against its target.
+REFERENCES = ColumnRole("references", None, input=False, checked=False)
 
 
 @register
@@ -19,8 +24,7 @@ class Summarization(GenerationTask):
     kind = "summarization"
     summary = "Write a summary of a text (DialogSum, SAMSum); ROUGE-1/2/L/Lsum on generated text"
     metrics = ROUGE_KEYS
-    # Several references per example only where asked (--column references=NAME) or built in (DialogSum test).
-    default_columns = {"text": "dialogue", "target": "summary"}
+    column_roles = (ColumnRole("text", "dialogue"), ColumnRole("target", "summary", input=False), REFERENCES)
     default_prompt = "Summarize the dialogue.\n{input}\nSummary:"
 
     def source(self, value: Any, split: str, row: int) -> str:
@@ -77,7 +81,7 @@ def linearize_table(table: Any) -> str:
 class TableToText(Summarization):
     kind = "table_to_text"
     summary = "Write a title or summary of a table (linearized row by row); ROUGE on generated text"
-    default_columns = {"text": "table", "target": "target"}
+    column_roles = (ColumnRole("text", "table"), ColumnRole("target", "target", input=False), REFERENCES)
     default_prompt = "Describe the table in one sentence.\n{input}\nDescription:"
 
     def source(self, value: Any, split: str, row: int) -> str:
