@@ -117,7 +117,7 @@ def given_flags(draw: Any, command: str) -> tuple[list[str], dict[str, Any]]:
 
 
 @pytest.mark.parametrize("command", [RUN, COMPARE])
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_random_valid_flags_round_trip_into_the_config(command: str, data: Any) -> None:
     argv, expected = data.draw(given_flags(command))

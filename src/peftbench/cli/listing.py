@@ -23,12 +23,12 @@ def _capabilities(caps: dict[str, Any]) -> str:
     """A method's capabilities in a few words: only what sets it apart."""
     from peftbench.models import FAMILIES
 
-    words = ["trains nothing"] if not caps["trains"] else []
+    words = ["no training"] if not caps["trains"] else []
     words += ["mergeable"] if caps["can_merge"] else []
-    words += [f"{', '.join(caps['families'])} models only"] if len(caps["families"]) < len(FAMILIES) else []
+    words += [f"{'/'.join(caps['families'])} only"] if len(caps["families"]) < len(FAMILIES) else []
     words += ["needs a task head"] if caps["needs_head"] else []
-    words += ["needs a CUDA GPU"] if caps["needs_cuda"] else []
-    words += ["steps or epochs budget only"] if caps["needs_step_budget"] else []
+    words += ["needs CUDA"] if caps["needs_cuda"] else []
+    words += ["steps budget only"] if caps["needs_step_budget"] else []
     return "\n".join(words) or "-"
 
 
@@ -53,7 +53,7 @@ def methods_cmd(json_out: bool = Opt(False, "--json", help="Print as JSON.")) ->
         return
     table = Table(title="methods")
     for col in ("method", "default lr", "hyper-parameters (default)", "capabilities", "what it does"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # folded, not cut: every default stays readable
     for d in docs:
         hp = "\n".join(f"{k}={v['default']!r} {v['limits']}".strip() for k, v in d["params"].items()) or "-"
         table.add_row(d["method"], f"{d['default_lr']:g}" if d["default_lr"] else "-", hp,
