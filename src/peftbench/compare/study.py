@@ -15,7 +15,7 @@ from typing import Any
 
 from peftbench.config import deep_merge, parse_config
 from peftbench.errors import UserError
-from peftbench.methods import get_method
+from peftbench.methods import REFERENCE, get_method
 from peftbench.store import RunRow
 
 AUTO_GRID = (1 / 3, 1.0, 3.0)  # multiples of the method's default rate
@@ -117,7 +117,7 @@ def equal_flops(plan: StudyPlan, log: Callable[[str], None]) -> dict[str, Any]:
     if not trainers:
         return {"kind": "none", "value": None, "reference": "no method trains"}
     names = [e.name for e in trainers]
-    ref_name = plan.reference or ("lora" if "lora" in names else names[0])
+    ref_name = plan.reference or (REFERENCE if REFERENCE in names else names[0])
     if ref_name not in names:
         raise UserError(f"reference method '{ref_name}' is not among the compared training methods ({', '.join(names)}); pick one of them")
     ref = next(e for e in trainers if e.name == ref_name)
@@ -141,8 +141,9 @@ def check(plan: StudyPlan) -> None:
         raise UserError("--lr and --lr-grid both set the learning rate; give one of them")
     flops_budget = plan.budget == "flops" or cfg.train.flops is not None or cfg.train.seconds is not None
     for e in plan.entries:
-        if flops_budget and e.name == "adalora":
-            raise UserError("adalora's rank schedule is set in optimizer steps; compare it with --budget steps")
+        method = get_method(e.name)
+        if flops_budget and method.needs_step_budget:
+            raise UserError(f"{e.name}'s {method.step_schedule} is set in optimizer steps; compare it with --budget steps")
         parse_config(deep_merge(plan.raw, {"method": e.spec}))
 
 

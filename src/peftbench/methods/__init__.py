@@ -6,6 +6,7 @@ from peftbench.errors import UserError, suggest
 from peftbench.methods.base import Method
 
 REGISTRY: dict[str, type[Method]] = {}
+REFERENCE = "lora"  # compare's default reference: its steps set the equal FLOPs budget when it is compared
 
 
 def register(cls: type[Method]) -> type[Method]:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from peftbench.errors import UserError, suggest
+from peftbench.models import FAMILIES
 
 
 class Params(BaseModel):
@@ -55,9 +56,22 @@ class Method:
     summary: ClassVar[str]
     Params: ClassVar[type[Params]] = Params
     default_lr: ClassVar[float | None]
-    trains: ClassVar[bool] = True
+    # Capabilities: what the method needs and allows. Code outside methods/ reads these, never
+    # the method's name; `peftbench methods` shows them.
+    trains: ClassVar[bool] = True  # False: nothing trains, so it takes no learning rate or budget
     can_merge: ClassVar[bool] = False
     lm_scoring: ClassVar[bool] = False  # needs the task without a new head (an in-context baseline)
+    families: ClassVar[tuple[str, ...]] = FAMILIES  # model families it can adapt
+    needs_head: ClassVar[bool] = False  # trains the task's new head, so the task must have one
+    needs_cuda: ClassVar[bool] = False
+    needs_step_budget: ClassVar[bool] = False  # a schedule counted in optimizer steps: no FLOPs or seconds budget
+    step_schedule: ClassVar[str] = "schedule"  # what that schedule is, to word the refusal
+
+    @classmethod
+    def capabilities(cls) -> dict[str, Any]:
+        return {"trains": cls.trains, "can_merge": cls.can_merge, "families": list(cls.families),
+                "needs_head": cls.needs_head, "needs_cuda": cls.needs_cuda,
+                "needs_step_budget": cls.needs_step_budget, "lm_scoring": cls.lm_scoring}
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         self.params = self.validate(params or {})

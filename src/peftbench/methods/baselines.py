@@ -52,9 +52,10 @@ class Head(Base):
     summary = "Train only the task head; the backbone stays frozen"
     default_lr = 5e-2  # a linear probe on frozen features takes a large step
     trains = True
+    needs_head = True
 
     def check(self, ctx: Context) -> None:
-        if not ctx.head_modules:
+        if self.needs_head and not ctx.head_modules:
             raise UserError(
                 "method 'head' trains a task head, and this task has none (it generates text with the "
                 "model's own LM head); use lora, ia3, prompt or full instead"
@@ -102,9 +103,10 @@ class FewShot(Base):
     Params = FewShotParams
     can_merge = False  # the demonstrations live in the prompt, not in any weights
     lm_scoring = True  # a decoder classifies by scoring label names, since a head reads no demonstrations
+    families = ("decoder", "seq2seq")  # it prompts a text generator
 
     def check(self, ctx: Context) -> None:
-        if ctx.family not in ("decoder", "seq2seq"):
+        if ctx.family not in self.families:
             raise UserError(
                 f"method 'few_shot' prompts a text generator and this model is of the {ctx.family} family; "
                 "use a decoder (GPT-2, Llama, SmolLM2) or seq2seq (T5, BART) model"

@@ -84,14 +84,16 @@ class AdaLora(PeftMethod):
     Params = AdaLoraParams
     default_lr = 2e-3
     can_merge = True
+    needs_step_budget = True
+    step_schedule = "rank schedule"
 
     def peft_config(self, ctx: Context):
         from peft import AdaLoraConfig
 
         p = self.params
         if ctx.total_steps is None:
-            raise UserError("adalora's rank schedule is set in optimizer steps; give it a steps or epochs budget "
-                            "(--steps N), not a FLOPs or seconds one")
+            raise UserError(f"{self.name}'s {self.step_schedule} is set in optimizer steps; give it a steps or epochs "
+                            "budget (--steps N), not a FLOPs or seconds one")
         tinit, tfinal = int(p.tinit * ctx.total_steps), int(p.tfinal * ctx.total_steps)
         if ctx.total_steps - tinit - tfinal < 1:
             raise UserError(f"adalora needs a longer budget than {ctx.total_steps} steps; raise --steps")

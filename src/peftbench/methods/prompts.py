@@ -17,14 +17,16 @@ from peftbench.methods.prefix_compat import accept_prefixes
 class SoftPrompt(PeftMethod):
     """Virtual tokens need a token sequence: there is none in a vision model's input."""
 
+    families = ("encoder", "decoder", "seq2seq")
+
     def check(self, ctx: Context) -> None:
-        if ctx.family != "vision" and ctx.peft_task_type is None:  # e.g. a multiple-choice encoder head
+        if ctx.family in self.families and ctx.peft_task_type is None:  # e.g. a multiple-choice encoder head
             raise UserError(
                 f"method '{self.name}' needs one of peft's task types (sequence classification, causal or "
                 "seq2seq LM) and this task/model pair has none; use lora, ia3 or adapters, "
                 "or a decoder or seq2seq model"
             )
-        if ctx.family == "vision":
+        if ctx.family not in self.families:
             raise UserError(
                 f"method '{self.name}' adds virtual text tokens and cannot apply to a vision model; "
                 "use lora, ia3, loha, lokr, vera, adapters or full"

@@ -47,6 +47,7 @@ class QLora(Lora):
     # default_lr: LoRA's, so that lora and qlora differ only in the 4-bit base. (The QLoRA
     # paper used 2e-4 for 7B-13B models and 1e-4 above; pass --lr for those.)
     can_merge = False  # merging re-quantizes the 4-bit weights; merge into the full-precision base instead
+    needs_cuda = True
 
     @classmethod
     def preflight(cls) -> None:

@@ -1,0 +1,64 @@
+"""`peftbench results` and `peftbench results show RUN_ID`: stored runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from peftbench.cli.common import friendly, out
+from peftbench.cli.options import RESULTS_DIR
+from peftbench.errors import UserError
+
+Opt = typer.Option
+results_app = typer.Typer(help="List and show stored runs.", invoke_without_command=True)
+
+
+@results_app.callback()
+@friendly
+def results_list(
+    ctx: typer.Context,
+    results_dir: Path = Opt(RESULTS_DIR, help="Results folder."),
+    json_out: bool = Opt(False, "--json", help="Print as JSON."),
+) -> None:
+    """List stored runs (or: peftbench results show RUN_ID)."""
+    if ctx.invoked_subcommand:
+        return
+    from peftbench.report.tables import runs_table, summary
+    from peftbench.store import Store
+
+    if not (results_dir / "results.sqlite").exists():
+        raise UserError(f"no results in '{results_dir}' yet; run: peftbench compare (or pass --results-dir)")
+    rows = Store(results_dir).list()
+    if json_out:
+        print(json.dumps([summary(r) for r in rows], indent=2))
+    else:
+        out.print(runs_table(rows))
+
+
+@results_app.command("show")
+@friendly
+def results_show(
+    run_id: str = typer.Argument(..., help="Run id or config hash (a unique prefix is enough)."),
+    results_dir: Path = Opt(RESULTS_DIR, help="Results folder."),
+    json_out: bool = Opt(False, "--json", help="Print as JSON."),
+) -> None:
+    """Show one stored run: config, metrics, costs and its validation curve."""
+    from peftbench.store import Store
+
+    if not (results_dir / "results.sqlite").exists():
+        raise UserError(f"no results in '{results_dir}' yet; run: peftbench compare (or pass --results-dir)")
+    store = Store(results_dir)
+    row = store.get(run_id)
+    doc = {"run_id": row.run_id, "status": row.status, "config_hash": row.config_hash, "folder": str(row.folder),
+           "config": row.config, "result": row.result, "error": row.error, "curve": store.curve(row.run_id)}
+    if json_out:
+        print(json.dumps(doc, indent=2))
+        return
+    samples = (row.result or {}).get("samples", [])
+    out.print_json(json.dumps({**doc, "result": {k: v for k, v in (row.result or {}).items() if k != "samples"}}))
+    if samples:
+        from peftbench.report.tables import samples_table
+
+        out.print(samples_table(samples))

@@ -1,0 +1,107 @@
+"""`peftbench run` and `peftbench compare`: build a RunConfig from flags and YAML, call the runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from peftbench.cli.common import err, friendly, out
+from peftbench.cli.options import COMPARE, DEFAULT_METHODS, MAIN_JOB_STEPS, RUN, build_config, with_options
+from peftbench.cli.progress import BarReporter
+from peftbench.config import parse_config
+from peftbench.errors import UserError
+
+Opt = typer.Option
+
+
+def _execute(raw: dict, results_dir: Path, force: bool, report_to: Optional[str] = None) -> Any:
+    from peftbench.runner import run
+    from peftbench.track import parse_kinds
+
+    cfg = parse_config(raw)
+    reporter = BarReporter(cfg.method.name)
+    try:
+        return run(cfg, results_dir, force=force, reporter=reporter, report_to=parse_kinds(report_to), log=reporter.log)
+    finally:
+        reporter.close()
+
+
+def _check_report_to(value: Optional[str]) -> None:
+    """Refuse an unknown or uninstalled tracker before any run starts."""
+    from peftbench.track import check_trackers, parse_kinds
+
+    check_trackers(parse_kinds(value))
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        rates = []
+    if not rates or any(r <= 0 for r in rates):
+        raise UserError(f"--lr-grid '{text}' is not 'auto' or a comma-separated list of positive rates like 1e-4,3e-4,1e-3")
+    return rates
+
+
+@friendly
+@with_options(RUN)
+def run_cmd(
+    config: Optional[Path] = Opt(None, "--config", "-c", help="YAML run config (model:, task:, method:, train:)."),
+    json_out: bool = Opt(False, "--json", help="Print the stored run as JSON."),
+    opts: dict[str, Any] = {},
+) -> None:
+    """Fine-tune one method and store the measured result."""
+    raw, _ = build_config(config, opts)
+    from peftbench.report.tables import compare_table, summary
+
+    _check_report_to(opts["report_to"])
+    res = _execute(raw, opts["results_dir"], opts["force"], opts["report_to"])
+    if res.row is None:  # a helper process of `accelerate launch` / torchrun: the main process reports
+        return
+    if json_out:
+        print(json.dumps({**summary(res.row), "skipped": res.skipped, "result": res.row.result}, indent=2))
+    else:
+        out.print(compare_table([res.row], title="peftbench run"))
+
+
+@friendly
+@with_options(COMPARE)
+def compare_cmd(
+    methods: str = Opt(DEFAULT_METHODS, "--methods", help="Comma-separated methods to compare."),
+    config: Optional[Path] = Opt(None, "--config", "-c", help="YAML base config; may list methods: [...] (entries may carry lr_grid: [...])."),
+    seeds: int = Opt(1, "--seeds", min=1, help="Run every method with N seeds (--seed, --seed+1, ...); tables show mean ± 95% CI."),
+    budget: str = Opt("flops", "--budget", help="flops: every method gets the training FLOPs the reference method spends in --steps/--epochs (default); steps: the same steps for all."),
+    reference: Optional[str] = Opt(None, "--reference", help="Method whose steps set the FLOPs budget (default lora if compared, else the first training method)."),
+    lr_grid: Optional[str] = Opt(None, "--lr-grid", help="Search each method's learning rate on validation first: 'auto' (its default x 1/3, 1, 3) or rates like 1e-4,1e-3."),
+    json_out: bool = Opt(False, "--json", help="Print the comparison as JSON."),
+    opts: dict[str, Any] = {},
+) -> None:
+    """Compare methods on one model and task at an equal budget (training FLOPs by default), then tabulate."""
+    from peftbench.compare.study import StudyPlan, entries_from, run_study
+    from peftbench.report.tables import summary
+
+    if config is None and all(opts[k] is None for k in ("steps", "epochs", "flops", "seconds")):
+        opts = {**opts, "steps": MAIN_JOB_STEPS}  # the default study's budget, reported once resolved
+    raw, listed = build_config(config, opts)
+    items = listed if listed and methods == DEFAULT_METHODS else [m.strip() for m in methods.split(",") if m.strip()]
+    grid: str | list[float] | None = None
+    if lr_grid is not None:
+        grid = "auto" if lr_grid.strip() == "auto" else _rates(lr_grid)
+    first = opts["seed"] or 0
+    plan = StudyPlan(raw, entries_from(items), [first + i for i in range(seeds)], budget=budget,
+                     reference=reference, lr_grid=grid)
+    say = lambda line: err.print(line, highlight=False)  # noqa: E731
+    _check_report_to(opts["report_to"])
+    study = run_study(plan, lambda r: _execute(r, opts["results_dir"], opts["force"], opts["report_to"]).row, say)
+    if json_out:
+        print(json.dumps({"budget": study.budget, "chosen_lr": study.chosen_lr,
+                          "runs": [summary(r) for r in study.rows]}, indent=2))
+    else:
+        from peftbench.report.aggregate import aggregate
+        from peftbench.report.command import print_report
+
+        ids = {r.run_id for r in [*study.rows, *study.search] if r.done}
+        print_report(aggregate(opts["results_dir"], run_ids=ids), out)

@@ -1,0 +1,32 @@
+"""`peftbench sweep FILE`: the command line of peftbench.sweep."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from peftbench.cli.common import friendly, out
+from peftbench.cli.options import SWEEP, with_options
+
+Opt = typer.Option
+
+
+@friendly
+@with_options(SWEEP)
+def sweep_cmd(
+    file: Path = typer.Argument(..., help="Sweep file: base: (a run config) and axes: (lists whose product is run)."),
+    workers: int = Opt(1, "--workers", "-w", help="Runs at once on this machine (one GPU each where GPUs exist)."),
+    backend: str = Opt("local", "--backend", help="local (worker processes) or ray (one task per run; a local Ray unless --address)."),
+    address: Optional[str] = Opt(None, "--address", help="Ray cluster address (with --backend ray)."),
+    opts: dict[str, Any] = {},
+) -> None:
+    """Run every configuration of a sweep file, resumably (done configs are skipped by config hash)."""
+    from peftbench.sweep import run_sweep
+    from peftbench.track import parse_kinds
+
+    summary = run_sweep(file, opts["results_dir"], workers=workers, backend=backend, address=address, force=opts["force"],
+                        log=lambda line: out.print(line, highlight=False), report_to=parse_kinds(opts["report_to"]))
+    if summary.failed:
+        raise typer.Exit(1)
