@@ -15,6 +15,7 @@ from typing import Any
 
 from peftbench.config import deep_merge, parse_config
 from peftbench.errors import UserError
+from peftbench.metrics import lower_is_better
 from peftbench.methods import get_method
 from peftbench.store import RunRow
 
@@ -168,7 +169,7 @@ def run_study(plan: StudyPlan, execute: Execute, log: Callable[[str], None]) -> 
                 scored.append((lr, r["validation"][select], select))
         if not scored:
             raise UserError(f"every learning-rate search run of '{e.label}' failed; see: peftbench results")
-        lower = scored[0][2] == "loss"
+        lower = lower_is_better(scored[0][2])
         best = min(scored, key=lambda t: t[1]) if lower else max(scored, key=lambda t: t[1])
         chosen[i] = best[0]
         shown = ", ".join(f"{lr:g}: {v:.4f}" for lr, v, _ in scored)

@@ -24,7 +24,7 @@ from peftbench.errors import UserError
 from peftbench.tasks import register
 from peftbench.tasks.base import PREDICT, Batch, EvalResult, Progress, Task
 from peftbench.tasks.generation import PairCodec
-from peftbench.tasks.metrics import classification_metrics
+from peftbench.metrics import classification_metrics
 from peftbench.tasks.sources import SPLITS, load_splits
 from peftbench.tasks.text import (
     PAD_MULTIPLE, choice_logprobs, endless_batches, fit_max_length, length_grouped_batches, load_text_model_config,

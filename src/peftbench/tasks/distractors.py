@@ -9,7 +9,7 @@ from datasets import DatasetDict
 from peftbench.errors import UserError
 from peftbench.tasks import register
 from peftbench.tasks.generation import Example, GenerationTask
-from peftbench.tasks.metrics import bleu, rouge
+from peftbench.metrics import bleu, rouge
 
 SEPARATOR = " ; "  # between distractors in one target, as generated
 

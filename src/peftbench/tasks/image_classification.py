@@ -34,7 +34,7 @@ from peftbench.config import ModelSpec
 from peftbench.errors import UserError
 from peftbench.tasks import register
 from peftbench.tasks.base import PREDICT, Batch, EvalResult, Progress, Task
-from peftbench.tasks.metrics import classification_metrics
+from peftbench.metrics import classification_metrics
 from peftbench.tasks.sources import CARVE_SEED, SPLIT_ALIASES, SPLITS, builtin_dir, load_splits, split_files
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")

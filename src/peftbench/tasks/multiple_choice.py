@@ -33,6 +33,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMultipleChoice, AutoM
 from peftbench import models
 from peftbench.config import ModelSpec
 from peftbench.errors import UserError
+from peftbench.metrics import score_metric
 from peftbench.models import load_pretrained
 from peftbench.tasks import register
 from peftbench.tasks.base import PREDICT, Batch, EvalResult, Progress, Task
@@ -471,7 +472,7 @@ class MultipleChoice(Task):
         if not score:  # the loss came free with the scores; only the metrics are skipped
             return EvalResult(metrics={}, predictions=preds, references=list(refs), examples=len(preds))
         n = max(len(preds), 1)
-        metrics = {"accuracy": sum(p == r for p, r in zip(preds, refs)) / n, "loss": sum(losses) / n}
+        metrics = {"accuracy": score_metric("accuracy", list(refs), preds), "loss": sum(losses) / n}
         return EvalResult(metrics=metrics, predictions=preds, references=list(refs), examples=len(preds))
 
     # -- display ---------------------------------------------------------------------

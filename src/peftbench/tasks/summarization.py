@@ -11,7 +11,7 @@ from datasets import DatasetDict
 from peftbench.errors import UserError
 from peftbench.tasks import register
 from peftbench.tasks.generation import Example, GenerationTask
-from peftbench.tasks.metrics import ROUGE_KEYS, rouge
+from peftbench.metrics import ROUGE_KEYS, rouge
 
 
 @register

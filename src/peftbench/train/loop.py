@@ -17,6 +17,7 @@ from torch import nn
 
 from peftbench.config import TrainSpec
 from peftbench.measure.flops import FlopMeter
+from peftbench.metrics import lower_is_better
 from peftbench.methods.base import Method
 from peftbench.tasks.base import Task
 from peftbench.train import optim, parallel
@@ -100,7 +101,7 @@ class Budget:
 def better(metric: str, new: float, old: float | None) -> bool:
     if old is None:
         return True
-    return new < old if metric == "loss" else new > old
+    return new < old if lower_is_better(metric) else new > old
 
 
 def train(
