@@ -15,8 +15,8 @@ from typing import Any
 
 from peftbench.config import deep_merge, parse_config
 from peftbench.errors import UserError
-from peftbench.metrics import lower_is_better
 from peftbench.methods import get_method
+from peftbench.metrics import lower_is_better
 from peftbench.store import RunRow
 
 AUTO_GRID = (1 / 3, 1.0, 3.0)  # multiples of the method's default rate

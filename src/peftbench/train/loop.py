@@ -17,8 +17,8 @@ from torch import nn
 
 from peftbench.config import TrainSpec
 from peftbench.measure.flops import FlopMeter
-from peftbench.metrics import lower_is_better
 from peftbench.methods.base import Method
+from peftbench.metrics import lower_is_better
 from peftbench.tasks.base import Task
 from peftbench.train import optim, parallel
 
