@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from peftbench.compare.curves import aulc, band, curve_xy, flops_to_fraction, flops_to_reach, target_score
+from peftbench.stats.curves import aulc, band, curve_xy, flops_to_fraction, flops_to_reach, target_score
 
 
 def point(flops: float, score: float, step: int = 0, loss: float | None = 1.0) -> dict:

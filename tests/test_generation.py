@@ -14,7 +14,7 @@ from peftbench.config import GenerationSpec, parse_config
 from peftbench.errors import UserError
 from peftbench.runner import run
 from peftbench.tasks import get_task
-from peftbench.tasks.metrics import bleu, rouge, sentences_per_line
+from peftbench.metrics import bleu, rouge, sentences_per_line
 from peftbench.tasks.summarization import linearize_table
 
 NAMES = ["bob", "alice", "carol", "dave"]

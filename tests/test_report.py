@@ -19,17 +19,17 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from peftbench.compare.curves import aulc, curve_xy, flops_to_fraction
-from peftbench.compare.stats import mean_ci
 from peftbench.config import RunConfig
 from peftbench.errors import UserError
+from peftbench.metrics import classification_metrics
 from peftbench.report.aggregate import aggregate
 from peftbench.report.command import report
-from peftbench.report.export import to_csv, to_json, to_markdown
+from peftbench.report.formats import to_csv, to_json, to_markdown
 from peftbench.report.html import render
 from peftbench.report.plots import pareto_front, section_plots
 from peftbench.store import Store
-from peftbench.tasks.metrics import classification_metrics
+from peftbench.stats import mean_ci
+from peftbench.stats.curves import aulc, curve_xy, flops_to_fraction
 
 LABELS = ["anger", "joy", "optimism", "sadness"]
 # method name, params, accuracy, FLOPs per step, trainable params, peak memory, adapter bytes, latency ms
@@ -241,7 +241,7 @@ def test_generation_sections_use_rouge(tmp_path: Path) -> None:
     for method, preds in outputs.items():
         for seed in (0, 1):
             cfg = config(method, {}, seed, 1e-3, kind="summarization", source="builtin:dialogsum")
-            from peftbench.tasks.metrics import rouge
+            from peftbench.metrics import rouge
 
             result = {"test": rouge(preds, refs), "validation": {"rougeL": 0.3}, "metrics": ["rouge1", "rouge2", "rougeL", "rougeLsum"],
                       "select_metric": "rougeL", "lr": 1e-3, "costs": {"train_flops": 1e12, "params_trainable": 100},

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from peftbench.compare.stats import metric_for, mean_ci, paired_bootstrap
-from peftbench.tasks.metrics import classification_metrics
+from peftbench.metrics import classification_metrics, metric_for
+from peftbench.stats import mean_ci, paired_bootstrap
 
 
 def accuracy(refs, preds) -> float:
@@ -65,8 +65,8 @@ def test_bad_lengths_refused() -> None:
 import numpy as np  # noqa: E402
 from sklearn.metrics import f1_score, precision_score, recall_score  # noqa: E402
 
-from peftbench.compare.stats import SummableMetric, paired_bootstrap_seeds  # noqa: E402
-from peftbench.tasks.metrics import bleu, rouge  # noqa: E402
+from peftbench.metrics import SummableMetric, bleu, rouge  # noqa: E402
+from peftbench.stats import paired_bootstrap_seeds  # noqa: E402
 
 
 def noisy(refs: list[int], wrong: float, seed: int, k: int = 4) -> list[int]:

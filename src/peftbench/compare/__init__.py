@@ -1,1 +1,1 @@
-"""Fair comparison: statistics over seeds and test examples (budgets, LR selection and sweeps to come)."""
+"""The comparison study: equal budgets, a learning-rate search per method on validation, seeds scored on test."""

@@ -16,6 +16,7 @@ from typing import Any
 from peftbench.config import deep_merge, parse_config
 from peftbench.errors import UserError
 from peftbench.methods import REFERENCE, get_method
+from peftbench.metrics import lower_is_better
 from peftbench.store import RunRow
 
 AUTO_GRID = (1 / 3, 1.0, 3.0)  # multiples of the method's default rate
@@ -169,7 +170,7 @@ def run_study(plan: StudyPlan, execute: Execute, log: Callable[[str], None]) -> 
                 scored.append((lr, r["validation"][select], select))
         if not scored:
             raise UserError(f"every learning-rate search run of '{e.label}' failed; see: peftbench results")
-        lower = scored[0][2] == "loss"
+        lower = lower_is_better(scored[0][2])
         best = min(scored, key=lambda t: t[1]) if lower else max(scored, key=lambda t: t[1])
         chosen[i] = best[0]
         shown = ", ".join(f"{lr:g}: {v:.4f}" for lr, v, _ in scored)

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftbench.compare.curves import Curve, aulc, curve_xy, flops_to_fraction, target_score
-from peftbench.compare.stats import Interval, PairedResult, mean_ci, metric_for, paired_bootstrap_seeds
 from peftbench.config import flatten
+from peftbench.metrics import lower_is_better, metric_for
+from peftbench.stats import Interval, PairedResult, mean_ci, paired_bootstrap_seeds
+from peftbench.stats.curves import Curve, aulc, curve_xy, flops_to_fraction, target_score
 from peftbench.store import RunRow, Store
 
 # Costs summarised per cell (dotted paths into result["costs"]), with display names and units.
@@ -406,7 +407,7 @@ def _lr_searches(rows: list[RunRow], cells: dict[str, list[Cell]], titles: dict[
                 points.append(LrPoint(lr, mean_ci(vals), [seed_of(r) for r in rs], [r.run_id for r in rs]))
         if not points:
             continue
-        lower = select == "loss"
+        lower = lower_is_better(select)
         ordered = sorted(points, key=lambda p: p.validation.mean, reverse=not lower)
         tested = [c.lr for c in cells.get(key, [])]
         # The lr a test-scored run of the same config used (the best-validated one if several) ...
@@ -452,7 +453,7 @@ def aggregate(results_dir: str | Path, resamples: int = 1000, confidence: float 
             _labels(cells)
             select = _select(srows)
             metrics = list(dict.fromkeys(m for r in srows for m in (r.result or {}).get("metrics", [select])))
-            section = Section(title, skey[0], skey[1], skey[2], select, select == "loss", metrics, cells, target_fraction)
+            section = Section(title, skey[0], skey[1], skey[2], select, lower_is_better(select), metrics, cells, target_fraction)
             _compare(section, resamples, confidence)
             _curve_summaries(section)
             section.samples = _samples(section)

@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from peftbench.errors import UserError
+from peftbench.metrics import metric_label
 from peftbench.report.aggregate import Report, Section, aggregate
-from peftbench.report.export import LR_HEADER, columns, cost_columns, lr_rows, metric_label, to_csv, to_json, to_markdown
+from peftbench.report.formats import LR_HEADER, columns, cost_columns, lr_rows, to_csv, to_json, to_markdown
 
 
 TERMINAL_PARTS = {  # three narrow tables read better in a terminal than one wide one

@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
+from peftbench.metrics import metric_label
 from peftbench.store import RunRow
 
 
@@ -36,14 +37,10 @@ def summary(row: RunRow) -> dict[str, Any]:
     }
 
 
-def _label(metric: str) -> str:
-    return {"macro_f1": "macro-F1", "accuracy": "acc"}.get(metric, metric)
-
-
 def compare_table(rows: list[RunRow], title: str = "peftbench compare") -> Table:
     metrics = next((metric_names(r) for r in rows if r.done), LEGACY_METRICS)
     table = Table(title=title)
-    cols = ["method", "trainable %", *(f"test {_label(m)}" for m in metrics), "train FLOPs", "train s", "peak memory", "adapter"]
+    cols = ["method", "trainable %", *(f"test {metric_label(m)}" for m in metrics), "train FLOPs", "train s", "peak memory", "adapter"]
     for col in cols:
         table.add_column(col, justify="left" if col == "method" else "right")
     for row in rows:
@@ -72,7 +69,7 @@ def runs_table(rows: list[RunRow]) -> Table:
         value = r.get("test", {}).get(metric)
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.finished)) if row.finished else "-"
         table.add_row(row.run_id, row.status, row.method, row.model[-30:], row.task,
-                      f"{_label(metric)} {value:.4f}" if value is not None else "-", when)
+                      f"{metric_label(metric)} {value:.4f}" if value is not None else "-", when)
     return table
 
 

@@ -18,7 +18,7 @@ from peftbench.errors import UserError
 from peftbench.tasks import register
 from peftbench.tasks.base import PREDICT, Batch, ColumnRole, EvalResult, Progress, Task, metered
 from peftbench.tasks.label_strategies import LABEL_STRATEGIES, LabelStrategy
-from peftbench.tasks.metrics import classification_metrics
+from peftbench.metrics import classification_metrics
 from peftbench.tasks.sources import SPLITS, load_splits
 from peftbench.tasks.text import endless_batches, length_grouped_batches, load_text_model_config, position_limit
 

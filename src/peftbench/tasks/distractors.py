@@ -10,7 +10,7 @@ from peftbench.errors import UserError
 from peftbench.tasks import register
 from peftbench.tasks.base import ColumnRole
 from peftbench.tasks.generation import Example, GenerationTask
-from peftbench.tasks.metrics import bleu, rouge
+from peftbench.metrics import bleu, rouge
 
 SEPARATOR = " ; "  # between distractors in one target, as generated
 

@@ -23,7 +23,7 @@ from peftbench.config import ModelSpec
 from peftbench.tasks import register
 from peftbench.tasks.base import PREDICT, Batch, ColumnRole, EvalResult, Progress, Task, metered
 from peftbench.tasks.image_data import ImageReader, image_name, open_image, table_item
-from peftbench.tasks.metrics import classification_metrics
+from peftbench.metrics import classification_metrics
 
 __all__ = ["ImageClassification", "open_image"]
 

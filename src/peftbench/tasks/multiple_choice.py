@@ -17,6 +17,7 @@ from torch import nn
 
 from peftbench.config import ModelSpec
 from peftbench.errors import UserError
+from peftbench.metrics import score_metric
 from peftbench.tasks import register
 from peftbench.tasks.base import Batch, ColumnRole, EvalResult, Progress, Task, metered
 from peftbench.tasks.choice_data import EXCERPT, letter, read_inputs, read_splits, short
@@ -172,7 +173,7 @@ class MultipleChoice(Task):
         if not score:  # the loss came free with the scores; only the metrics are skipped
             return EvalResult(metrics={}, predictions=preds, references=list(refs), examples=len(preds))
         n = max(len(preds), 1)
-        metrics = {"accuracy": sum(p == r for p, r in zip(preds, refs)) / n, "loss": sum(losses) / n}
+        metrics = {"accuracy": score_metric("accuracy", list(refs), preds), "loss": sum(losses) / n}
         return EvalResult(metrics=metrics, predictions=preds, references=list(refs), examples=len(preds))
 
     # -- display ---------------------------------------------------------------------

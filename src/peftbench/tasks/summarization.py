@@ -12,7 +12,7 @@ from peftbench.errors import UserError
 from peftbench.tasks import register
 from peftbench.tasks.base import ColumnRole
 from peftbench.tasks.generation import Example, GenerationTask
-from peftbench.tasks.metrics import ROUGE_KEYS, rouge
+from peftbench.metrics import ROUGE_KEYS, rouge
 
 # Several references per example only where asked (--column references=NAME) or built in (DialogSum test);
 # a split without them is scored against its target.

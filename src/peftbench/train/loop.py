@@ -20,6 +20,7 @@ from torch import nn
 from peftbench.config import TrainSpec
 from peftbench.measure.flops import FlopMeter
 from peftbench.methods.base import Method
+from peftbench.metrics import lower_is_better
 from peftbench.tasks.base import Task
 from peftbench.train import optim, parallel
 from peftbench.train.budget import Budget, EvalSchedule, Stopwatch, TokenCount, device_sync
@@ -65,7 +66,7 @@ class TrainOutcome:
 def better(metric: str, new: float, old: float | None) -> bool:
     if old is None:
         return True
-    return new < old if metric == "loss" else new > old
+    return new < old if lower_is_better(metric) else new > old
 
 
 def train(

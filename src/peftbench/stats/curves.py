@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from peftbench.compare.stats import mean_ci
+from peftbench.stats.intervals import mean_ci
 
 Curve = list[dict[str, Any]]
 

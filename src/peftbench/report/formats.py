@@ -12,20 +12,16 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from peftbench.compare.stats import Interval
+from peftbench.metrics import metric_label
 from peftbench.report.aggregate import COSTS, Cell, LrSearch, Report, Section, budget_text
+from peftbench.stats import Interval
 
 Sortable = float | str | None
 Column = tuple[str, Callable[[Cell], tuple[str, Sortable]]]
 
-METRIC_NAMES = {"macro_f1": "macro-F1", "accuracy": "accuracy", "macro_precision": "macro-P", "macro_recall": "macro-R"}
 # The costs a summary table shows (CSV and JSON carry all of COSTS).
 TABLE_COSTS = ["params_trainable", "train_flops", "train_seconds", "peak_memory_bytes", "adapter_bytes",
                "latency.b1_ms", "latency.throughput"]
-
-
-def metric_label(m: str) -> str:
-    return METRIC_NAMES.get(m, m)
 
 
 def num(x: float, unit: str = "") -> str:

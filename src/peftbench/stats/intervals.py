@@ -1,0 +1,44 @@
+"""Confidence intervals over seeds.
+
+Seeds vary the whole run (initialisation, data order), so a method's spread over seeds is
+its run-to-run noise: the mean gets a Student-t interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    half_width: float | None  # None for a single seed: no spread to estimate
+    n: int
+
+    @property
+    def low(self) -> float | None:
+        return None if self.half_width is None else self.mean - self.half_width
+
+    @property
+    def high(self) -> float | None:
+        return None if self.half_width is None else self.mean + self.half_width
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4f}" if self.half_width is None else f"{self.mean:.4f} ± {self.half_width:.4f}"
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval:
+    """Mean and the half-width of its Student-t confidence interval."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("no values")
+    if x.size == 1:
+        return Interval(float(x[0]), None, 1)
+    sem = float(x.std(ddof=1)) / math.sqrt(x.size)
+    t = float(stats.t.ppf(0.5 + confidence / 2, df=x.size - 1))
+    return Interval(float(x.mean()), t * sem, int(x.size))
