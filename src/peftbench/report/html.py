@@ -12,7 +12,7 @@ import time
 from html import escape
 from typing import Any
 
-from peftbench.report.aggregate import Report, Section, budget_text
+from peftbench.report.model import Report, Section, budget_text
 from peftbench.report.export import LR_HEADER, Column, columns, cost_columns, metric_label
 from peftbench.report.plots import Plot, section_plots
 
