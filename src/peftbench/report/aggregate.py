@@ -31,19 +31,6 @@ def _key(flat: dict[str, Any]) -> str:
     return json.dumps(flat, sort_keys=True, default=str)
 
 
-def data_name(config: dict[str, Any]) -> str:
-    data = config.get("task", {}).get("data", {})
-    if data.get("train_file"):
-        return str(data["train_file"])
-    source = str(data.get("source", "?"))
-    return f"{source}/{data['subset']}" if data.get("subset") else source
-
-
-def section_of(row: RunRow) -> tuple[str, str, str]:
-    return (row.config.get("task", {}).get("kind", row.task), data_name(row.config),
-            row.config.get("model", {}).get("name", row.model))
-
-
 def result_of(row: RunRow) -> RunResult:
     """A done run's typed result (the report reads only done runs)."""
     assert row.run_result is not None, f"run {row.run_id} has no result"
@@ -51,14 +38,6 @@ def result_of(row: RunRow) -> RunResult:
 
 
 SEARCH_FREE = ("train.seed", "train.lr", "train.test")  # what may vary inside one learning-rate search
-
-
-def is_lr_search(row: RunRow) -> bool:
-    return row.config.get("train", {}).get("test") is False or not result_of(row).scored_on_test
-
-
-def seed_of(row: RunRow) -> int | None:
-    return row.config.get("train", {}).get("seed")
 
 
 def _intervals(results: list[RunResult], keys: list[str], value: Callable[[RunResult, str], float | None]) -> dict[str, Interval]:
@@ -96,14 +75,14 @@ def _labels(cells: list[Cell]) -> None:
 
 # -- building --------------------------------------------------------------------------
 def _cell(runs: list[RunRow], store: Store) -> Cell:
-    runs = sorted(runs, key=lambda r: (seed_of(r) or 0, r.created))
+    runs = sorted(runs, key=lambda r: (r.seed or 0, r.created))
     first = runs[0]
     results = [result_of(r) for r in runs]
     metric_order = list(dict.fromkeys([*results[0].metrics, *(k for r in results for k in (r.test or {}))]))
     cell = Cell(
         key=_key(without(first.config, "train.seed")), label=first.method, method=first.method,
-        params=dict(first.config.get("method", {}).get("params", {})), lr=results[0].lr,
-        budget=results[0].budget.to_dict(), config=first.config, runs=runs, seeds=[seed_of(r) for r in runs],
+        params=first.params, lr=results[0].lr,
+        budget=results[0].budget.to_dict(), config=first.config, runs=runs, seeds=[r.seed for r in runs],
     )
     cell.test = _intervals(results, metric_order, RunResult.test_score)
     val_keys = list(dict.fromkeys(k for r in results for k in r.validation))
@@ -222,7 +201,7 @@ def _lr_searches(rows: list[RunRow], cells: dict[str, list[Cell]], titles: dict[
         for lr, rs in sorted(by_lr.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
             vals = [v for r in rs if (v := result_of(r).validation_score(select)) is not None]
             if vals:
-                points.append(LrPoint(lr, mean_ci(vals), [seed_of(r) for r in rs], [r.run_id for r in rs]))
+                points.append(LrPoint(lr, mean_ci(vals), [r.seed for r in rs], [r.run_id for r in rs]))
         if not points:
             continue
         lower = select == "loss"
@@ -233,8 +212,8 @@ def _lr_searches(rows: list[RunRow], cells: dict[str, list[Cell]], titles: dict[
         if chosen is None:  # ... else the search's own pick
             chosen, chosen_by = ordered[0].lr, "best validation"
         search = LrSearch(
-            section=titles.get(section_of(first), " · ".join(section_of(first))), label=first.method,
-            method=first.method, params=dict(first.config.get("method", {}).get("params", {})),
+            section=titles.get(first.section, " · ".join(first.section)), label=first.method,
+            method=first.method, params=first.params,
             budget=result_of(first).budget.to_dict(), select_metric=select, points=points, chosen_lr=chosen, chosen_by=chosen_by,
         )
         made.append((search, without(first.config, *SEARCH_FREE)))
@@ -252,11 +231,11 @@ def aggregate(results_dir: str | Path, resamples: int = 1000, confidence: float 
     """Read every done run under results_dir (or only `run_ids`) and build the report (the store is only read)."""
     with Store(results_dir) as store:
         rows = [r for r in store.list(status="done") if run_ids is None or r.run_id in run_ids]
-        tested = [r for r in rows if not is_lr_search(r)]
-        searches = [r for r in rows if is_lr_search(r)]
+        tested = [r for r in rows if not r.validation_only]
+        searches = [r for r in rows if r.validation_only]
         by_section: dict[tuple[str, str, str], list[RunRow]] = {}
         for r in tested:
-            by_section.setdefault(section_of(r), []).append(r)
+            by_section.setdefault(r.section, []).append(r)
         sections: list[Section] = []
         titles: dict[tuple[str, str, str], str] = {}
         cells_by_search_key: dict[str, list[Cell]] = {}
@@ -283,7 +262,7 @@ def aggregate(results_dir: str | Path, resamples: int = 1000, confidence: float 
         runs = []
         for s in sections:
             for c in s.cells:
-                runs += [RunInfo(r.run_id, s.title, c.label, seed_of(r), False, r.config) for r in c.runs]
+                runs += [RunInfo(r.run_id, s.title, c.label, r.seed, False, r.config) for r in c.runs]
         for ls in lr_searches:
             for p in ls.points:
                 for rid, seed in zip(p.run_ids, p.seeds):

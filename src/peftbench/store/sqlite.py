@@ -71,6 +71,35 @@ class RunRow:
         """The folder the method saved its weights to."""
         return self.folder / run_folder.ADAPTER
 
+    # The config's parts that runs are grouped by; configs of older versions may lack a part.
+    @property
+    def seed(self) -> int | None:
+        return self.config.get("train", {}).get("seed")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.config.get("method", {}).get("params", {}))
+
+    @property
+    def data(self) -> str:
+        """The data the run used, as a name: its train file, or its source (and subset)."""
+        data = self.config.get("task", {}).get("data", {})
+        if data.get("train_file"):
+            return str(data["train_file"])
+        source = str(data.get("source", "?"))
+        return f"{source}/{data['subset']}" if data.get("subset") else source
+
+    @property
+    def section(self) -> tuple[str, str, str]:
+        """What makes runs comparable at all: task kind, data, model."""
+        return (self.config.get("task", {}).get("kind", self.task), self.data,
+                self.config.get("model", {}).get("name", self.model))
+
+    @property
+    def validation_only(self) -> bool:
+        """A learning-rate search run: configured without test, or stored without test scores."""
+        return self.config.get("train", {}).get("test") is False or not (self.run_result and self.run_result.scored_on_test)
+
 
 def _alive(pid: int) -> bool:
     try:
