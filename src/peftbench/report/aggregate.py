@@ -40,7 +40,10 @@ def result_of(row: RunRow) -> RunResult:
 SEARCH_FREE = ("train.seed", "train.lr", "train.test")  # what may vary inside one learning-rate search
 
 
-def _intervals(results: list[RunResult], keys: list[str], value: Callable[[RunResult, str], float | None]) -> dict[str, Interval]:
+Score = Callable[[RunResult, str], float | None]  # a result's number by name
+
+
+def _intervals(results: list[RunResult], keys: list[str], value: Score) -> dict[str, Interval]:
     out = {}
     for k in keys:
         vals = [v for r in results if (v := value(r, k)) is not None]
@@ -113,7 +116,8 @@ def _compare(section: Section, store: Store, resamples: int, confidence: float) 
     if metric is not None:
         for c in section.cells:
             loaded = [p for r in c.runs if (p := store.predictions(r.run_id)) is not None]
-            preds[c.key] = ([p.predictions for p in loaded], loaded[0].references) if loaded and len(loaded) == len(c.runs) else None
+            complete = loaded and len(loaded) == len(c.runs)
+            preds[c.key] = ([p.predictions for p in loaded], loaded[0].references) if complete else None
         section.bootstrap = (f"Paired bootstrap of test {key} against the best over test examples ({resamples} "
                              f"resamples, {confidence:.0%} interval; every seed scored on each resample)")
     if metric is not None and preds.get(best.key) is None:
@@ -213,8 +217,8 @@ def _lr_searches(rows: list[RunRow], cells: dict[str, list[Cell]], titles: dict[
             chosen, chosen_by = ordered[0].lr, "best validation"
         search = LrSearch(
             section=titles.get(first.section, " · ".join(first.section)), label=first.method,
-            method=first.method, params=first.params,
-            budget=result_of(first).budget.to_dict(), select_metric=select, points=points, chosen_lr=chosen, chosen_by=chosen_by,
+            method=first.method, params=first.params, budget=result_of(first).budget.to_dict(),
+            select_metric=select, points=points, chosen_lr=chosen, chosen_by=chosen_by,
         )
         made.append((search, without(first.config, *SEARCH_FREE)))
     for method in {s.method for s, _ in made}:  # name searches like cells
