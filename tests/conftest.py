@@ -53,11 +53,14 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer, 32-wide random BERT plus a WordPiece tokenizer over the test words."""
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def write_tiny_bert(root: Path) -> str:
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     import torch
 
-    root = tmp_path_factory.mktemp("tiny-bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({w for ws in WORDS.values() for w in ws} | set(FILLER))
     (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = BertTokenizerFast(vocab_file=str(root / "vocab.txt"), do_lower_case=True)

@@ -27,9 +27,7 @@ from peftbench.report.command import report
 from peftbench.report.formats import to_csv, to_json, to_markdown
 from peftbench.report.html import render
 from peftbench.report.plots import pareto_front, section_plots
-from peftbench.store import Store
-from peftbench.stats import mean_ci
-from peftbench.stats.curves import aulc, curve_xy, flops_to_fraction
+from peftbench.store import Predictions, RunOutput, RunResult, Store
 
 LABELS = ["anger", "joy", "optimism", "sadness"]
 # method name, params, accuracy, FLOPs per step, trainable params, peak memory, adapter bytes, latency ms
@@ -56,10 +54,8 @@ def add_run(store: Store, cfg: dict[str, Any], result: dict[str, Any], curve: li
     digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
     run_id = store.begin(digest, cfg, cfg["method"]["name"], cfg["model"]["name"], cfg["task"]["kind"])
     staged = store.staging(run_id)
-    (staged / "config.json").write_text(json.dumps(cfg))
-    if predictions is not None:
-        (staged / "predictions.json").write_text(json.dumps(predictions))
-    store.finish(run_id, result, curve, staged)
+    preds = Predictions(**predictions) if predictions is not None else None
+    store.finish(run_id, RunOutput(RunResult.from_dict(result, cfg), curve, preds), staged)
     return run_id
 
 

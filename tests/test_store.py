@@ -130,3 +130,22 @@ def test_killed_run_is_not_counted_as_done(tiny_config: dict, tmp_path: Path) ->
     # Re-running the same config (shorter budget, so a new hash) works beside the wreck.
     done = run(parse_config(tiny_config), res)
     assert done.row.status == "done" and not done.skipped
+
+
+def test_open_existing_refuses_a_folder_without_results_and_always_closes(tmp_path: Path) -> None:
+    from peftbench.errors import UserError
+
+    with pytest.raises(UserError, match="no results in"):
+        with Store.open_existing(tmp_path / "nothing"):
+            pass
+    assert not (tmp_path / "nothing").exists(), "refusing creates nothing"
+    Store(tmp_path).close()
+    with Store.open_existing(tmp_path) as store:
+        assert store.list() == []
+    with pytest.raises(sqlite3.ProgrammingError):
+        store.list()  # closed after use
+    with pytest.raises(UserError):
+        with Store.open_existing(tmp_path) as store:
+            store.get("nosuchrun")
+    with pytest.raises(sqlite3.ProgrammingError):
+        store.list()  # ... and when the body raised

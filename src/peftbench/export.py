@@ -35,7 +35,7 @@ def rebuild(row: RunRow) -> tuple[Any, torch.nn.Module, Any, Any]:
     task = make_task(cfg, method)
     task.load_data()  # labels (and the head's size) come from the data
     model, processor = task.load_model(cfg.model)
-    return task, method.load(model, row.folder / "adapter"), method, processor
+    return task, method.load(model, row.adapter), method, processor
 
 
 def export(row: RunRow, out: Path, merge: bool = False) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def export(row: RunRow, out: Path, merge: bool = False) -> dict[str, Any]:
                 raise RuntimeError(f"merged outputs differ from the adapter's by {diff:.2e} (> {MERGE_TOLERANCE}); nothing exported")
             info["max_abs_diff"] = diff
         else:
-            shutil.copytree(row.folder / "adapter", staged)
+            shutil.copytree(row.adapter, staged)
             info["base_model_path"] = models.resolve(parse_config(row.config).model)
         (staged / "peftbench.json").write_text(json.dumps({**info, "config": row.config}, indent=2))
         if out.exists():

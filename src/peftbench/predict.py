@@ -7,7 +7,6 @@ their own), so a prediction is what evaluation would have produced for the same 
 from __future__ import annotations
 
 import json
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +79,7 @@ def predict_command(run_id: str, texts: list[str], file: Path | None, out: Path 
     from rich.table import Table
     from rich.text import Text
 
-    if not (results_dir / "results.sqlite").exists():
-        raise UserError(f"no results in '{results_dir}' yet; run: peftbench compare (or pass --results-dir)")
-    with closing(Store(results_dir)) as store:
+    with Store.open_existing(results_dir) as store:
         row = store.get(run_id)
     if not row.done:
         raise UserError(f"run {row.run_id} is {row.status}, not done; predict with a finished run (see: peftbench results)")

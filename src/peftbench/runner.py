@@ -28,7 +28,8 @@ from peftbench.measure.memory import peak_bytes, reset_peak
 from peftbench.measure.size import count_parameters, dir_bytes
 from peftbench.methods import get_method
 from peftbench.methods.base import Context, Method
-from peftbench.store import RunRow, Store
+from peftbench.store import Budget as StoredBudget
+from peftbench.store import Costs, Latency, Predictions, RunOutput, RunResult, RunRow, Sample, Store
 from peftbench.tasks import get_task
 from peftbench.track import Tee, check_trackers, open_trackers
 from peftbench.train import optim, parallel
@@ -202,50 +203,37 @@ def run(
                                  lambda done, total: reporter.evaluating("test", done, total))
         test_seconds = time.perf_counter() - t0
         peak, peak_kind = peak_bytes(device)
-        method.save(model, staged / "adapter")
+        method.save(model, store.adapter_dir(staged))
         latency = None  # what a request costs, unmerged and merged; only for runs that are scored on test
         if cfg.measure.latency and cfg.train.test:
             latency = measure_latency(task, model, method, device, cfg.measure)
         selected = next((p for p in out.curve if p.step == out.best_step), out.curve[-1])
         samples = [
-            {"input": excerpt(src), "target": target, "untuned": task.render(u), "tuned": task.render(t)}
+            Sample(excerpt(src), target, task.render(u), task.render(t))
             for i, (u, t) in enumerate(zip(untuned, test.predictions if test else []))
             for src, target in [task.example("test", i)]
         ]
-        result = {
-            "test": test.metrics if test else None,
-            "validation": selected.metrics,
-            "metrics": list(task.metrics),
-            "select_metric": select,
-            "best_step": out.best_step,
-            "lr": cfg.train.lr,
-            "budget": {"kind": budget.kind, "value": budget.limit},
-            "optimizer": cfg.train.optimizer if method.trains else None,
-            "costs": {
-                "params_total": params["total"], "params_trainable": params["trainable"],
-                "trainable_pct": params["trainable_pct"],
-                "train_flops": meter.total, "train_forward_flops": meter.forward_flops,
-                "train_backward_flops": meter.backward_flops, "flop_shapes_counted": meter.counted_shapes,
-                "eval_flops": eval_meter.total, "steps": out.steps, "tokens": out.tokens,
-                "train_seconds": out.train_seconds, "eval_seconds": out.eval_seconds + test_seconds,
-                "peak_memory_bytes": peak, "peak_memory_kind": peak_kind,
-                "adapter_bytes": dir_bytes(staged / "adapter"),
-                "latency": latency,
-            },
-            "task": task.describe(),
-            "device": str(device),
-            "processes": parallel.world_size(),  # a step saw processes x batch_size examples
-            "versions": versions(),
-            "samples": samples,
-        }
-        (staged / "config.json").write_text(json.dumps(cfg.canonical(), indent=2))
-        (staged / "metrics.json").write_text(json.dumps(result, indent=2))
-        (staged / "curve.json").write_text(json.dumps(out.curve_dicts(), indent=2))
-        if test:
-            (staged / "predictions.json").write_text(json.dumps({"predictions": test.predictions, "references": test.references}))
-        store.finish(run_id, result, out.curve_dicts(), staged)
+        costs = Costs(
+            params_total=params["total"], params_trainable=params["trainable"], trainable_pct=params["trainable_pct"],
+            train_flops=meter.total, train_forward_flops=meter.forward_flops,
+            train_backward_flops=meter.backward_flops, flop_shapes_counted=meter.counted_shapes,
+            eval_flops=eval_meter.total, steps=out.steps, tokens=out.tokens,
+            train_seconds=out.train_seconds, eval_seconds=out.eval_seconds + test_seconds,
+            peak_memory_bytes=peak, peak_memory_kind=peak_kind, adapter_bytes=dir_bytes(store.adapter_dir(staged)),
+            latency=Latency.from_dict(latency),
+        )
+        result = RunResult(
+            test=test.metrics if test else None, validation=selected.metrics, metrics=list(task.metrics),
+            select_metric=select, best_step=out.best_step, lr=cfg.train.lr,
+            budget=StoredBudget(budget.kind, budget.limit), optimizer=cfg.train.optimizer if method.trains else None,
+            costs=costs, task=task.describe(), device=str(device),
+            processes=parallel.world_size(),  # a step saw processes x batch_size examples
+            versions=versions(), samples=samples,
+        )
+        predictions = Predictions(test.predictions, test.references) if test else None
+        store.finish(run_id, RunOutput(result, out.curve_dicts(), predictions), staged)
         if tracker:
-            tracker.finish(result)
+            tracker.finish(result.to_dict())
     except KeyboardInterrupt:
         store.fail(run_id, "interrupted", "interrupted by the user", staged)
         raise

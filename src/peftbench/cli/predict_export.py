@@ -24,14 +24,10 @@ def export_cmd(
     json_out: bool = Opt(False, "--json", help="Print what was written as JSON."),
 ) -> None:
     """Write a stored run's adapter folder, or with --merge a merged plain model."""
-    from contextlib import closing
-
     from peftbench.export import export
     from peftbench.store import Store
 
-    if not (results_dir / "results.sqlite").exists():
-        raise UserError(f"no results in '{results_dir}' yet; run: peftbench compare (or pass --results-dir)")
-    with closing(Store(results_dir)) as store:
+    with Store.open_existing(results_dir) as store:
         row = store.get(run_id)
     info = export(row, out_dir, merge)
     if json_out:

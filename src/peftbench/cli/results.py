@@ -28,9 +28,8 @@ def results_list(
     from peftbench.report.tables import runs_table, summary
     from peftbench.store import Store
 
-    if not (results_dir / "results.sqlite").exists():
-        raise UserError(f"no results in '{results_dir}' yet; run: peftbench compare (or pass --results-dir)")
-    rows = Store(results_dir).list()
+    with Store.open_existing(results_dir) as store:
+        rows = store.list()
     if json_out:
         print(json.dumps([summary(r) for r in rows], indent=2))
     else:
@@ -47,16 +46,15 @@ def results_show(
     """Show one stored run: config, metrics, costs and its validation curve."""
     from peftbench.store import Store
 
-    if not (results_dir / "results.sqlite").exists():
-        raise UserError(f"no results in '{results_dir}' yet; run: peftbench compare (or pass --results-dir)")
-    store = Store(results_dir)
-    row = store.get(run_id)
+    with Store.open_existing(results_dir) as store:
+        row = store.get(run_id)
+        curve = store.curve(row.run_id)
     doc = {"run_id": row.run_id, "status": row.status, "config_hash": row.config_hash, "folder": str(row.folder),
-           "config": row.config, "result": row.result, "error": row.error, "curve": store.curve(row.run_id)}
+           "config": row.config, "result": row.result, "error": row.error, "curve": curve}
     if json_out:
         print(json.dumps(doc, indent=2))
         return
-    samples = (row.result or {}).get("samples", [])
+    samples = row.run_result.samples if row.run_result else []
     out.print_json(json.dumps({**doc, "result": {k: v for k, v in (row.result or {}).items() if k != "samples"}}))
     if samples:
         from peftbench.report.tables import samples_table

@@ -9,166 +9,20 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from peftbench.config import flatten
 from peftbench.metrics import lower_is_better, metric_for
-from peftbench.stats import Interval, PairedResult, mean_ci, paired_bootstrap_seeds
-from peftbench.stats.curves import Curve, aulc, curve_xy, flops_to_fraction, target_score
-from peftbench.store import RunRow, Store
-
-# Costs summarised per cell (dotted paths into result["costs"]), with display names and units.
-COSTS: dict[str, tuple[str, str]] = {
-    "params_trainable": ("trainable params", ""),
-    "trainable_pct": ("trainable %", "%"),
-    "train_flops": ("train FLOPs", "FLOP"),
-    "train_seconds": ("train time", "s"),
-    "peak_memory_bytes": ("peak memory", "B"),
-    "adapter_bytes": ("adapter size", "B"),
-    "latency.b1_ms": ("latency b=1", "ms"),
-    "latency.bN_ms": ("latency b=N", "ms"),
-    "latency.throughput": ("throughput", "ex/s"),
-    "latency.merged.b1_ms": ("merged latency b=1", "ms"),
-    "latency.merged.throughput": ("merged throughput", "ex/s"),
-}
-
-
-@dataclass
-class Cell:
-    key: str  # the config minus the seed, as sorted JSON
-    label: str  # method plus the settings that tell it apart from the section's other cells of that method
-    method: str
-    params: dict[str, Any]
-    lr: float | None
-    budget: dict[str, Any]
-    config: dict[str, Any]  # the first seed's config
-    runs: list[RunRow] = field(repr=False)
-    seeds: list[int] = field(default_factory=list)
-    test: dict[str, Interval] = field(default_factory=dict)
-    validation: dict[str, Interval] = field(default_factory=dict)
-    costs: dict[str, Interval] = field(default_factory=dict)
-    curves: list[Curve] = field(default_factory=list, repr=False)  # per seed, as stored
-    aulc: Interval | None = None
-    flops_to_target: Interval | None = None  # over the seeds that reached the target
-    reached: int = 0  # seeds whose curve reached the target
-    rank: int | None = None  # 1 = best; None for cells the bootstrap cannot tell from the best
-    near_best: bool = False
-    vs_best: PairedResult | None = None  # this cell minus the best on the select metric (test)
-
-    @property
-    def mark(self) -> str:
-        return "≈ best" if self.near_best else str(self.rank) if self.rank is not None else "-"
-
-
-@dataclass
-class Ablation:
-    method: str
-    param: str  # method.params key that varies
-    values: list[Any]
-    cells: list[Cell]
-
-
-@dataclass
-class Section:
-    title: str
-    task: str
-    data: str
-    model: str
-    select_metric: str
-    lower_is_better: bool
-    metrics: list[str]  # headline test metrics
-    cells: list[Cell]  # best first, then by rank
-    target_fraction: float
-    target: float | None = None  # validation score the FLOPs-to-target column is about
-    bootstrap: str = ""  # how cells were compared, or why they could not be
-    samples: list[dict[str, Any]] = field(default_factory=list)
-    ablations: list[Ablation] = field(default_factory=list)
-
-    @property
-    def best(self) -> Cell | None:
-        return self.cells[0] if self.cells else None
-
-
-@dataclass
-class LrPoint:
-    lr: float | None
-    validation: Interval
-    seeds: list[int]
-    run_ids: list[str]
-
-
-@dataclass
-class LrSearch:
-    section: str
-    label: str
-    method: str
-    params: dict[str, Any]
-    budget: dict[str, Any]
-    select_metric: str
-    points: list[LrPoint]
-    chosen_lr: float | None
-    chosen_by: str  # "test run" (a test-scored run used it) or "best validation"
-
-
-@dataclass
-class RunInfo:
-    run_id: str
-    section: str
-    label: str
-    seed: int | None
-    lr_search: bool
-    config: dict[str, Any]
-
-
-@dataclass
-class Report:
-    results_dir: str
-    created: float
-    sections: list[Section]
-    lr_searches: list[LrSearch]
-    runs: list[RunInfo]
-    resamples: int
-    confidence: float = 0.95
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_jsonable(self)
+from peftbench.stats import Interval, mean_ci, paired_bootstrap_seeds
+from peftbench.stats.curves import aulc, curve_xy, flops_to_fraction, target_score
+from peftbench.config import flatten
+from peftbench.report.model import COSTS, Ablation, Cell, LrPoint, LrSearch, Report, RunInfo, Section
+from peftbench.report.model import budget_text  # noqa: F401  (imported from here by the renderers)
+from peftbench.store import RunResult, RunRow, Store
 
 
 # -- helpers ---------------------------------------------------------------------------
-def interval_dict(iv: Interval | None) -> dict[str, Any] | None:
-    if iv is None:
-        return None
-    return {"mean": iv.mean, "half_width": iv.half_width, "low": iv.low, "high": iv.high, "n": iv.n}
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Dataclasses to plain JSON values; run rows become their ids, intervals dicts."""
-    if isinstance(obj, Interval):
-        return interval_dict(obj)
-    if isinstance(obj, RunRow):
-        return obj.run_id
-    if isinstance(obj, PairedResult):
-        return {"delta": obj.delta, "low": obj.low, "high": obj.high, "p_value": obj.p_value,
-                "resamples": obj.resamples, "distinguishable": obj.distinguishable}
-    if isinstance(obj, Ablation):  # its cells are the section's: name them, do not repeat them
-        return {"method": obj.method, "param": obj.param, "values": obj.values, "cells": [c.label for c in obj.cells]}
-    if isinstance(obj, Cell):
-        out = {k: to_jsonable(v) for k, v in vars(obj).items() if k not in ("key",)}
-        out["mark"] = obj.mark
-        return out
-    if hasattr(obj, "__dataclass_fields__"):
-        return {k: to_jsonable(v) for k, v in vars(obj).items()}
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def without(config: dict[str, Any], *paths: str) -> dict[str, Any]:
     flat = flatten(config)
     return {k: v for k, v in flat.items() if k not in paths}
@@ -178,66 +32,22 @@ def _key(flat: dict[str, Any]) -> str:
     return json.dumps(flat, sort_keys=True, default=str)
 
 
-def data_name(config: dict[str, Any]) -> str:
-    data = config.get("task", {}).get("data", {})
-    if data.get("train_file"):
-        return str(data["train_file"])
-    source = str(data.get("source", "?"))
-    return f"{source}/{data['subset']}" if data.get("subset") else source
-
-
-def section_of(row: RunRow) -> tuple[str, str, str]:
-    return (row.config.get("task", {}).get("kind", row.task), data_name(row.config),
-            row.config.get("model", {}).get("name", row.model))
-
-
-def budget_of(row: RunRow) -> dict[str, Any]:
-    stored = (row.result or {}).get("budget")
-    if stored:
-        return dict(stored)
-    train = row.config.get("train", {})
-    for kind in ("flops", "seconds", "steps", "epochs"):
-        if train.get(kind) is not None:
-            return {"kind": kind, "value": float(train[kind])}
-    return {"kind": "epochs", "value": 1.0}
-
-
-def budget_text(b: dict[str, Any]) -> str:
-    v = b.get("value")
-    if v is None:
-        return "-"
-    kind = b.get("kind", "")
-    if kind == "flops":
-        return f"{v:.3g} FLOPs"
-    if kind == "seconds":
-        return f"{v:g} s"
-    return f"{v:g} {kind}"
+def result_of(row: RunRow) -> RunResult:
+    """A done run's typed result (the report reads only done runs)."""
+    assert row.run_result is not None, f"run {row.run_id} has no result"
+    return row.run_result
 
 
 SEARCH_FREE = ("train.seed", "train.lr", "train.test")  # what may vary inside one learning-rate search
 
 
-def is_lr_search(row: RunRow) -> bool:
-    return row.config.get("train", {}).get("test") is False or (row.result or {}).get("test") is None
+Score = Callable[[RunResult, str], float | None]  # a result's number by name
 
 
-def seed_of(row: RunRow) -> int | None:
-    return row.config.get("train", {}).get("seed")
-
-
-def _value(d: dict[str, Any], path: str) -> float | None:
-    cur: Any = d
-    for part in path.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return float(cur) if isinstance(cur, (int, float)) and not isinstance(cur, bool) else None
-
-
-def _intervals(dicts: list[dict[str, Any]], keys: list[str]) -> dict[str, Interval]:
+def _intervals(results: list[RunResult], keys: list[str], value: Score) -> dict[str, Interval]:
     out = {}
     for k in keys:
-        vals = [v for d in dicts if (v := _value(d, k)) is not None]
+        vals = [v for r in results if (v := value(r, k)) is not None]
         if vals:
             out[k] = mean_ci(vals)
     return out
@@ -269,37 +79,28 @@ def _labels(cells: list[Cell]) -> None:
 
 # -- building --------------------------------------------------------------------------
 def _cell(runs: list[RunRow], store: Store) -> Cell:
-    runs = sorted(runs, key=lambda r: (seed_of(r) or 0, r.created))
+    runs = sorted(runs, key=lambda r: (r.seed or 0, r.created))
     first = runs[0]
-    results = [r.result or {} for r in runs]
-    metric_order = list(dict.fromkeys([*results[0].get("metrics", []), *(k for r in results for k in (r.get("test") or {}))]))
+    results = [result_of(r) for r in runs]
+    metric_order = list(dict.fromkeys([*results[0].metrics, *(k for r in results for k in (r.test or {}))]))
     cell = Cell(
         key=_key(without(first.config, "train.seed")), label=first.method, method=first.method,
-        params=dict(first.config.get("method", {}).get("params", {})), lr=results[0].get("lr", first.config.get("train", {}).get("lr")),
-        budget=budget_of(first), config=first.config, runs=runs, seeds=[seed_of(r) for r in runs],
+        params=first.params, lr=results[0].lr,
+        budget=results[0].budget.to_dict(), config=first.config, runs=runs, seeds=[r.seed for r in runs],
     )
-    cell.test = _intervals([r.get("test") or {} for r in results], metric_order)
-    val_keys = list(dict.fromkeys(k for r in results for k in (r.get("validation") or {})))
-    cell.validation = _intervals([r.get("validation") or {} for r in results], val_keys)
-    cell.costs = _intervals([r.get("costs") or {} for r in results], list(COSTS))
+    cell.test = _intervals(results, metric_order, RunResult.test_score)
+    val_keys = list(dict.fromkeys(k for r in results for k in r.validation))
+    cell.validation = _intervals(results, val_keys, RunResult.validation_score)
+    cell.costs = _intervals(results, list(COSTS), lambda r, path: r.costs.value(path))
     cell.curves = [store.curve(r.run_id) for r in runs]
     return cell
 
 
 def _select(section_runs: list[RunRow]) -> str:
-    return next(((r.result or {}).get("select_metric") for r in section_runs if (r.result or {}).get("select_metric")), "macro_f1")
+    return result_of(section_runs[0]).select_metric
 
 
-def _predictions(row: RunRow) -> tuple[list[Any], list[Any]] | None:
-    path = row.folder / "predictions.json"
-    try:
-        doc = json.loads(path.read_text())
-        return list(doc["predictions"]), list(doc["references"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _compare(section: Section, resamples: int, confidence: float) -> None:
+def _compare(section: Section, store: Store, resamples: int, confidence: float) -> None:
     """Rank cells: the best by mean test score; a paired bootstrap decides who is ≈ best."""
     key = section.select_metric
     sign = 1.0 if section.lower_is_better else -1.0
@@ -308,15 +109,16 @@ def _compare(section: Section, resamples: int, confidence: float) -> None:
     preds: dict[str, tuple[list[list[Any]], list[Any]] | None] = {}
     metric = None
     try:
-        task = (best.runs[0].result or {}).get("task") or {}
-        labels = list(range(len(task["labels"]))) if task.get("family") == "seq2seq" and task.get("labels") else None
+        first = result_of(best.runs[0])
+        labels = list(range(len(first.labels))) if first.family == "seq2seq" and first.labels else None
         metric = metric_for(section.task, key, labels)
     except ValueError as e:
         section.bootstrap = f"No paired bootstrap: {e}; cells ranked by mean"
     if metric is not None:
         for c in section.cells:
-            loaded = [p for r in c.runs if (p := _predictions(r)) is not None]
-            preds[c.key] = ([p for p, _ in loaded], loaded[0][1]) if loaded and len(loaded) == len(c.runs) else None
+            loaded = [p for r in c.runs if (p := store.predictions(r.run_id)) is not None]
+            complete = loaded and len(loaded) == len(c.runs)
+            preds[c.key] = ([p.predictions for p in loaded], loaded[0].references) if complete else None
         section.bootstrap = (f"Paired bootstrap of test {key} against the best over test examples ({resamples} "
                              f"resamples, {confidence:.0%} interval; every seed scored on each resample)")
     if metric is not None and preds.get(best.key) is None:
@@ -352,15 +154,15 @@ def _samples(section: Section) -> list[dict[str, Any]]:
     """Stored sample outputs aligned by test example: input, target, untuned, each cell's tuned."""
     if not section.cells:
         return []
-    ref = (section.cells[0].runs[0].result or {}).get("samples") or []
+    ref = result_of(section.cells[0].runs[0]).samples
     out = []
     for i, s in enumerate(ref):
         tuned = {}
         for c in section.cells:
-            theirs = (c.runs[0].result or {}).get("samples") or []
-            if i < len(theirs) and theirs[i].get("input") == s.get("input"):
-                tuned[c.label] = theirs[i].get("tuned", "")
-        out.append({"input": s.get("input", ""), "target": s.get("target", ""), "untuned": s.get("untuned", ""), "tuned": tuned})
+            theirs = result_of(c.runs[0]).samples
+            if i < len(theirs) and theirs[i].input == s.input:
+                tuned[c.label] = theirs[i].tuned
+        out.append({"input": s.input, "target": s.target, "untuned": s.untuned, "tuned": tuned})
     return out
 
 
@@ -399,12 +201,12 @@ def _lr_searches(rows: list[RunRow], cells: dict[str, list[Cell]], titles: dict[
         first, select = runs[0], _select(runs)
         by_lr: dict[Any, list[RunRow]] = {}
         for r in runs:
-            by_lr.setdefault((r.result or {}).get("lr", r.config.get("train", {}).get("lr")), []).append(r)
+            by_lr.setdefault(result_of(r).lr, []).append(r)
         points = []
         for lr, rs in sorted(by_lr.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
-            vals = [v for r in rs if (v := _value((r.result or {}).get("validation") or {}, select)) is not None]
+            vals = [v for r in rs if (v := result_of(r).validation_score(select)) is not None]
             if vals:
-                points.append(LrPoint(lr, mean_ci(vals), [seed_of(r) for r in rs], [r.run_id for r in rs]))
+                points.append(LrPoint(lr, mean_ci(vals), [r.seed for r in rs], [r.run_id for r in rs]))
         if not points:
             continue
         lower = lower_is_better(select)
@@ -415,9 +217,9 @@ def _lr_searches(rows: list[RunRow], cells: dict[str, list[Cell]], titles: dict[
         if chosen is None:  # ... else the search's own pick
             chosen, chosen_by = ordered[0].lr, "best validation"
         search = LrSearch(
-            section=titles.get(section_of(first), " · ".join(section_of(first))), label=first.method,
-            method=first.method, params=dict(first.config.get("method", {}).get("params", {})),
-            budget=budget_of(first), select_metric=select, points=points, chosen_lr=chosen, chosen_by=chosen_by,
+            section=titles.get(first.section, " · ".join(first.section)), label=first.method,
+            method=first.method, params=first.params, budget=result_of(first).budget.to_dict(),
+            select_metric=select, points=points, chosen_lr=chosen, chosen_by=chosen_by,
         )
         made.append((search, without(first.config, *SEARCH_FREE)))
     for method in {s.method for s, _ in made}:  # name searches like cells
@@ -432,14 +234,13 @@ def _lr_searches(rows: list[RunRow], cells: dict[str, list[Cell]], titles: dict[
 def aggregate(results_dir: str | Path, resamples: int = 1000, confidence: float = 0.95,
               target_fraction: float = 0.9, run_ids: set[str] | None = None) -> Report:
     """Read every done run under results_dir (or only `run_ids`) and build the report (the store is only read)."""
-    store = Store(results_dir)
-    try:
+    with Store(results_dir) as store:
         rows = [r for r in store.list(status="done") if run_ids is None or r.run_id in run_ids]
-        tested = [r for r in rows if not is_lr_search(r)]
-        searches = [r for r in rows if is_lr_search(r)]
+        tested = [r for r in rows if not r.validation_only]
+        searches = [r for r in rows if r.validation_only]
         by_section: dict[tuple[str, str, str], list[RunRow]] = {}
         for r in tested:
-            by_section.setdefault(section_of(r), []).append(r)
+            by_section.setdefault(r.section, []).append(r)
         sections: list[Section] = []
         titles: dict[tuple[str, str, str], str] = {}
         cells_by_search_key: dict[str, list[Cell]] = {}
@@ -452,9 +253,9 @@ def aggregate(results_dir: str | Path, resamples: int = 1000, confidence: float 
             cells = [_cell(g, store) for g in groups.values()]
             _labels(cells)
             select = _select(srows)
-            metrics = list(dict.fromkeys(m for r in srows for m in (r.result or {}).get("metrics", [select])))
+            metrics = list(dict.fromkeys(m for r in srows for m in result_of(r).metrics))
             section = Section(title, skey[0], skey[1], skey[2], select, lower_is_better(select), metrics, cells, target_fraction)
-            _compare(section, resamples, confidence)
+            _compare(section, store, resamples, confidence)
             _curve_summaries(section)
             section.samples = _samples(section)
             section.ablations = _ablations(section)
@@ -466,12 +267,10 @@ def aggregate(results_dir: str | Path, resamples: int = 1000, confidence: float 
         runs = []
         for s in sections:
             for c in s.cells:
-                runs += [RunInfo(r.run_id, s.title, c.label, seed_of(r), False, r.config) for r in c.runs]
+                runs += [RunInfo(r.run_id, s.title, c.label, r.seed, False, r.config) for r in c.runs]
         for ls in lr_searches:
             for p in ls.points:
                 for rid, seed in zip(p.run_ids, p.seeds):
                     row = next(r for r in searches if r.run_id == rid)
                     runs.append(RunInfo(rid, ls.section, f"{ls.label} lr={_short(p.lr)}", seed, True, row.config))
         return Report(str(results_dir), time.time(), sections, lr_searches, runs, resamples, confidence)
-    finally:
-        store.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import closing
 from pathlib import Path
 
 from rich import box
@@ -78,11 +77,9 @@ def lr_table(report: Report) -> Table:
 def _check(results_dir: Path) -> None:
     if not results_dir.is_dir():
         raise UserError(f"results folder '{results_dir}' does not exist; run: peftbench compare (or pass --results-dir)")
-    if not (results_dir / "results.sqlite").exists():
-        raise UserError(f"no results in '{results_dir}' yet; run: peftbench compare (or pass --results-dir)")
     from peftbench.store import Store
 
-    with closing(Store(results_dir)) as store:
+    with Store.open_existing(results_dir) as store:
         rows = store.list()
     if not any(r.done for r in rows):
         raise UserError(f"no finished runs in '{results_dir}' ({len(rows)} unfinished); "

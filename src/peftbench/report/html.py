@@ -13,8 +13,8 @@ from html import escape
 from typing import Any
 
 from peftbench.metrics import metric_label
-from peftbench.report.aggregate import Report, Section, budget_text
 from peftbench.report.formats import LR_HEADER, Column, columns, cost_columns
+from peftbench.report.model import Report, Section, budget_text
 from peftbench.report.plots import Plot, section_plots
 
 CSS = """

@@ -7,7 +7,8 @@ from typing import Any
 from rich.table import Table
 
 from peftbench.metrics import metric_label
-from peftbench.store import RunRow
+from peftbench.store import Costs, RunRow, Sample
+from peftbench.store.result import LEGACY_METRICS
 
 
 def human(n: float, unit: str = "") -> str:
@@ -17,23 +18,20 @@ def human(n: float, unit: str = "") -> str:
     return f"{n:.0f} {unit}".rstrip()
 
 
-LEGACY_METRICS = ["accuracy", "macro_f1"]  # runs stored before results named their metrics
-
-
 def metric_names(row: RunRow) -> list[str]:
-    return list((row.result or {}).get("metrics", LEGACY_METRICS))
+    return list(row.run_result.metrics if row.run_result else LEGACY_METRICS)
 
 
 def summary(row: RunRow) -> dict[str, Any]:
-    r = row.result or {}
-    c = r.get("costs", {})
-    t = r.get("test", {})
+    r = row.run_result
+    c = r.costs if r else Costs()
+    test = (r.test if r else None) or {}
     return {
         "run_id": row.run_id, "status": row.status, "method": row.method, "model": row.model, "task": row.task,
-        "lr": r.get("lr"), "trainable_pct": c.get("trainable_pct"), "params_trainable": c.get("params_trainable"),
-        **{f"test_{k}": t.get(k) for k in metric_names(row)},
-        "train_flops": c.get("train_flops"), "train_seconds": c.get("train_seconds"),
-        "peak_memory_bytes": c.get("peak_memory_bytes"), "adapter_bytes": c.get("adapter_bytes"),
+        "lr": r.lr if r else None, "trainable_pct": c.trainable_pct, "params_trainable": c.params_trainable,
+        **{f"test_{k}": test.get(k) for k in metric_names(row)},
+        "train_flops": c.train_flops, "train_seconds": c.train_seconds,
+        "peak_memory_bytes": c.peak_memory_bytes, "adapter_bytes": c.adapter_bytes,
     }
 
 
@@ -64,20 +62,20 @@ def runs_table(rows: list[RunRow]) -> Table:
     for col in ("run id", "status", "method", "model", "task", "test score", "finished"):
         table.add_column(col)
     for row in rows:
-        r = row.result or {}
-        metric = r.get("select_metric", "macro_f1")
-        value = r.get("test", {}).get(metric)
+        r = row.run_result
+        metric = r.select_metric if r else "macro_f1"
+        value = r.test_score(metric) if r else None
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.finished)) if row.finished else "-"
         table.add_row(row.run_id, row.status, row.method, row.model[-30:], row.task,
                       f"{metric_label(metric)} {value:.4f}" if value is not None else "-", when)
     return table
 
 
-def samples_table(samples: list[dict[str, str]]) -> Table:
+def samples_table(samples: list[Sample]) -> Table:
     """Test examples with the untuned and the tuned model's outputs, side by side."""
     table = Table(title="sample predictions (test)", show_lines=True)
     for col in ("input", "target", "untuned", "tuned"):
         table.add_column(col, overflow="fold", ratio=3 if col == "input" else 2)
     for s in samples:
-        table.add_row(s["input"], s["target"], s["untuned"], s["tuned"])
+        table.add_row(s.input, s.target, s.untuned, s.tuned)
     return table

@@ -16,11 +16,16 @@ import socket
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from peftbench.errors import UserError
+from peftbench.store import folder as run_folder
+from peftbench.store.result import Curve, Predictions, RunOutput, RunResult
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -48,13 +53,52 @@ class RunRow:
     created: float
     finished: float | None
     config: dict[str, Any]
-    result: dict[str, Any] | None
+    result: dict[str, Any] | None  # as stored (what --json prints); read it typed as run_result
     error: str | None
     folder: Path
 
     @property
     def done(self) -> bool:
         return self.status == "done"
+
+    @cached_property
+    def run_result(self) -> RunResult | None:
+        """The stored result, typed (None until the run is done)."""
+        return RunResult.from_dict(self.result, self.config) if self.result is not None else None
+
+    @property
+    def adapter(self) -> Path:
+        """The folder the method saved its weights to."""
+        return self.folder / run_folder.ADAPTER
+
+    # The config's parts that runs are grouped by; configs of older versions may lack a part.
+    @property
+    def seed(self) -> int | None:
+        return self.config.get("train", {}).get("seed")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.config.get("method", {}).get("params", {}))
+
+    @property
+    def data(self) -> str:
+        """The data the run used, as a name: its train file, or its source (and subset)."""
+        data = self.config.get("task", {}).get("data", {})
+        if data.get("train_file"):
+            return str(data["train_file"])
+        source = str(data.get("source", "?"))
+        return f"{source}/{data['subset']}" if data.get("subset") else source
+
+    @property
+    def section(self) -> tuple[str, str, str]:
+        """What makes runs comparable at all: task kind, data, model."""
+        return (self.config.get("task", {}).get("kind", self.task), self.data,
+                self.config.get("model", {}).get("name", self.model))
+
+    @property
+    def validation_only(self) -> bool:
+        """A learning-rate search run: configured without test, or stored without test scores."""
+        return self.config.get("train", {}).get("test") is False or not (self.run_result and self.run_result.scored_on_test)
 
 
 def _alive(pid: int) -> bool:
@@ -79,6 +123,21 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @classmethod
+    @contextmanager
+    def open_existing(cls, root: str | Path) -> Iterator[Store]:
+        """The store in an existing results folder (refused in one line if there is none), closed after use."""
+        if not Path(root, "results.sqlite").exists():
+            raise UserError(f"no results in '{root}' yet; run: peftbench compare (or pass --results-dir)")
+        with cls(root) as store:
+            yield store
 
     def _reap(self) -> None:
         """Mark runs whose process died (kill -9, power loss) as interrupted."""
@@ -109,7 +168,14 @@ class Store:
         path.mkdir(parents=True)
         return path
 
-    def finish(self, run_id: str, result: dict[str, Any], curve: list[dict[str, Any]], staged: Path) -> None:
+    def adapter_dir(self, staged: Path) -> Path:
+        """Where a staged run's method saves its weights."""
+        return staged / run_folder.ADAPTER
+
+    def finish(self, run_id: str, output: RunOutput, staged: Path) -> None:
+        """Write the run's files, move its folder into place, then mark it done in one transaction."""
+        config_hash, config = self.db.execute("SELECT config_hash, config FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        run_folder.write(staged, json.loads(config), output)
         final = self.runs_dir / run_id
         staged.rename(final)  # atomic on one filesystem
         try:
@@ -117,15 +183,14 @@ class Store:
             self.db.executemany(
                 "INSERT INTO evals(run_id, step, tokens, train_flops, seconds, train_loss, metrics) VALUES (?,?,?,?,?,?,?)",
                 [(run_id, p["step"], p["tokens"], p["train_flops"], p["seconds"], p["train_loss"],
-                  json.dumps(p["metrics"])) for p in curve],
+                  json.dumps(p["metrics"])) for p in output.curve],
             )
-            (config_hash,) = self.db.execute("SELECT config_hash FROM runs WHERE run_id=?", (run_id,)).fetchone()
             self.db.execute(
                 "UPDATE runs SET status='superseded' WHERE config_hash=? AND status='done'", (config_hash,)
             )
             self.db.execute(
                 "UPDATE runs SET status='done', finished=?, result=? WHERE run_id=?",
-                (time.time(), json.dumps(result), run_id),
+                (time.time(), json.dumps(output.result.to_dict()), run_id),
             )
             self.db.execute("COMMIT")
         except BaseException:
@@ -176,7 +241,15 @@ class Store:
             raise UserError(f"'{ident}' matches several runs; give more characters of the id")
         return self._row(rows[0])
 
-    def curve(self, run_id: str) -> list[dict[str, Any]]:
+    def result(self, ident: str) -> RunResult | None:
+        """A run's result, typed (see get() for ident); None until it is done."""
+        return self.get(ident).run_result
+
+    def predictions(self, run_id: str) -> Predictions | None:
+        """A run's stored test predictions and references; None if it has none."""
+        return run_folder.predictions(self.runs_dir / run_id)
+
+    def curve(self, run_id: str) -> Curve:
         rows = self.db.execute(
             "SELECT step, tokens, train_flops, seconds, train_loss, metrics FROM evals WHERE run_id=? ORDER BY step",
             (run_id,),

@@ -1,0 +1,175 @@
+"""What a report is: sections of comparable cells, learning-rate searches and the runs behind them.
+
+aggregate.py builds it from the store; every output format (terminal, CSV, JSON, Markdown,
+HTML, plots) renders it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peftbench.stats import Interval, PairedResult
+from peftbench.stats.curves import Curve
+from peftbench.store import RunRow
+
+# Costs summarised per cell (dotted paths into Costs), with display names and units.
+COSTS: dict[str, tuple[str, str]] = {
+    "params_trainable": ("trainable params", ""),
+    "trainable_pct": ("trainable %", "%"),
+    "train_flops": ("train FLOPs", "FLOP"),
+    "train_seconds": ("train time", "s"),
+    "peak_memory_bytes": ("peak memory", "B"),
+    "adapter_bytes": ("adapter size", "B"),
+    "latency.b1_ms": ("latency b=1", "ms"),
+    "latency.bN_ms": ("latency b=N", "ms"),
+    "latency.throughput": ("throughput", "ex/s"),
+    "latency.merged.b1_ms": ("merged latency b=1", "ms"),
+    "latency.merged.throughput": ("merged throughput", "ex/s"),
+}
+
+
+@dataclass
+class Cell:
+    key: str  # the config minus the seed, as sorted JSON
+    label: str  # method plus the settings that tell it apart from the section's other cells of that method
+    method: str
+    params: dict[str, Any]
+    lr: float | None
+    budget: dict[str, Any]  # Budget.to_dict()
+    config: dict[str, Any]  # the first seed's config
+    runs: list[RunRow] = field(repr=False)
+    seeds: list[int] = field(default_factory=list)
+    test: dict[str, Interval] = field(default_factory=dict)
+    validation: dict[str, Interval] = field(default_factory=dict)
+    costs: dict[str, Interval] = field(default_factory=dict)
+    curves: list[Curve] = field(default_factory=list, repr=False)  # per seed, as stored
+    aulc: Interval | None = None
+    flops_to_target: Interval | None = None  # over the seeds that reached the target
+    reached: int = 0  # seeds whose curve reached the target
+    rank: int | None = None  # 1 = best; None for cells the bootstrap cannot tell from the best
+    near_best: bool = False
+    vs_best: PairedResult | None = None  # this cell minus the best on the select metric (test)
+
+    @property
+    def mark(self) -> str:
+        return "≈ best" if self.near_best else str(self.rank) if self.rank is not None else "-"
+
+
+@dataclass
+class Ablation:
+    method: str
+    param: str  # method.params key that varies
+    values: list[Any]
+    cells: list[Cell]
+
+
+@dataclass
+class Section:
+    title: str
+    task: str
+    data: str
+    model: str
+    select_metric: str
+    lower_is_better: bool
+    metrics: list[str]  # headline test metrics
+    cells: list[Cell]  # best first, then by rank
+    target_fraction: float
+    target: float | None = None  # validation score the FLOPs-to-target column is about
+    bootstrap: str = ""  # how cells were compared, or why they could not be
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    ablations: list[Ablation] = field(default_factory=list)
+
+    @property
+    def best(self) -> Cell | None:
+        return self.cells[0] if self.cells else None
+
+
+@dataclass
+class LrPoint:
+    lr: float | None
+    validation: Interval
+    seeds: list[int]
+    run_ids: list[str]
+
+
+@dataclass
+class LrSearch:
+    section: str
+    label: str
+    method: str
+    params: dict[str, Any]
+    budget: dict[str, Any]  # Budget.to_dict()
+    select_metric: str
+    points: list[LrPoint]
+    chosen_lr: float | None
+    chosen_by: str  # "test run" (a test-scored run used it) or "best validation"
+
+
+@dataclass
+class RunInfo:
+    run_id: str
+    section: str
+    label: str
+    seed: int | None
+    lr_search: bool
+    config: dict[str, Any]
+
+
+@dataclass
+class Report:
+    results_dir: str
+    created: float
+    sections: list[Section]
+    lr_searches: list[LrSearch]
+    runs: list[RunInfo]
+    resamples: int
+    confidence: float = 0.95
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+
+def interval_dict(iv: Interval | None) -> dict[str, Any] | None:
+    if iv is None:
+        return None
+    return {"mean": iv.mean, "half_width": iv.half_width, "low": iv.low, "high": iv.high, "n": iv.n}
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses to plain JSON values; run rows become their ids, intervals dicts."""
+    if isinstance(obj, Interval):
+        return interval_dict(obj)
+    if isinstance(obj, RunRow):
+        return obj.run_id
+    if isinstance(obj, PairedResult):
+        return {"delta": obj.delta, "low": obj.low, "high": obj.high, "p_value": obj.p_value,
+                "resamples": obj.resamples, "distinguishable": obj.distinguishable}
+    if isinstance(obj, Ablation):  # its cells are the section's: name them, do not repeat them
+        return {"method": obj.method, "param": obj.param, "values": obj.values, "cells": [c.label for c in obj.cells]}
+    if isinstance(obj, Cell):
+        out = {k: to_jsonable(v) for k, v in vars(obj).items() if k not in ("key",)}
+        out["mark"] = obj.mark
+        return out
+    if hasattr(obj, "__dataclass_fields__"):
+        return {k: to_jsonable(v) for k, v in vars(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def budget_text(b: dict[str, Any]) -> str:
+    v = b.get("value")
+    if v is None:
+        return "-"
+    kind = b.get("kind", "")
+    if kind == "flops":
+        return f"{v:.3g} FLOPs"
+    if kind == "seconds":
+        return f"{v:g} s"
+    return f"{v:g} {kind}"

@@ -1,0 +1,201 @@
+"""What a run produces, typed: scores, settings, costs, samples, versions, curve and predictions.
+
+`RunResult.to_dict()` is exactly what metrics.json and the store's result column hold (same
+keys, same order), so stored results stay byte-identical. `from_dict` also reads results
+stored by older versions: every older-format fallback lives here, not in the readers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+LEGACY_METRICS = ["accuracy", "macro_f1"]  # runs stored before results named their metrics (all classification)
+LEGACY_SELECT = "macro_f1"  # ... or their select metric
+
+Curve = list[dict[str, Any]]  # validation points {step, tokens, train_flops, seconds, train_loss, metrics{...}}
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+@dataclass
+class Budget:
+    kind: str  # steps, epochs, flops or seconds
+    value: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "value": self.value}
+
+    @classmethod
+    def of(cls, stored: dict[str, Any] | None, config: dict[str, Any]) -> Budget:
+        if stored:
+            return cls(stored.get("kind", ""), stored.get("value"))
+        train = config.get("train", {})  # older runs did not store their budget: the config's
+        for kind in ("flops", "seconds", "steps", "epochs"):
+            if train.get(kind) is not None:
+                return cls(kind, float(train[kind]))
+        return cls("epochs", 1.0)
+
+
+@dataclass
+class Latency:
+    """measure.latency's figures: batch 1 and batch N, and the same for the merged model."""
+
+    b1_ms: float | None
+    bN_ms: float | None
+    batch: int | None
+    throughput: float | None
+    merged: Latency | None = None
+    merged_matches: bool | None = None  # only on the merged figures
+    same_model: bool | None = None  # merged figures of a method whose model is already plain
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Latency | None:
+        if not d:
+            return None
+        return cls(d.get("b1_ms"), d.get("bN_ms"), d.get("batch"), d.get("throughput"), cls.from_dict(d.get("merged")),
+                   d.get("merged_matches"), d.get("same_model"))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"b1_ms": self.b1_ms, "bN_ms": self.bN_ms, "batch": self.batch, "throughput": self.throughput}
+        if self.merged is not None:
+            out["merged"] = self.merged.to_dict()
+        for key in ("merged_matches", "same_model"):  # present only where measure.latency sets them
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+@dataclass
+class Costs:
+    """What the run cost; None where an older run did not measure it."""
+
+    params_total: int | None = None
+    params_trainable: int | None = None
+    trainable_pct: float | None = None
+    train_flops: int | None = None
+    train_forward_flops: int | None = None
+    train_backward_flops: int | None = None
+    flop_shapes_counted: int | None = None
+    eval_flops: int | None = None
+    steps: int | None = None
+    tokens: int | None = None
+    train_seconds: float | None = None
+    eval_seconds: float | None = None
+    peak_memory_bytes: int | None = None
+    peak_memory_kind: str | None = None
+    adapter_bytes: int | None = None
+    latency: Latency | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Costs:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "latency"}
+        return cls(**known, latency=Latency.from_dict(d.get("latency")))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out["latency"] = self.latency.to_dict() if self.latency else None
+        return out
+
+    def value(self, path: str) -> float | None:
+        """A number by dotted path ("train_flops", "latency.merged.b1_ms"); None where absent."""
+        cur: Any = self
+        for part in path.split("."):
+            cur = getattr(cur, part, None)
+        return _number(cur)
+
+
+@dataclass
+class Sample:
+    """One test example with the untuned and the tuned model's rendered outputs."""
+
+    input: str
+    target: Any
+    untuned: str
+    tuned: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input": self.input, "target": self.target, "untuned": self.untuned, "tuned": self.tuned}
+
+
+@dataclass
+class Predictions:
+    """The test predictions as scored, with their references (predictions.json)."""
+
+    predictions: list[Any]
+    references: list[Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"predictions": self.predictions, "references": self.references}
+
+
+@dataclass
+class RunResult:
+    """One finished run's scores, settings and costs (metrics.json)."""
+
+    test: dict[str, float] | None  # None for a validation-only (learning-rate search) run
+    validation: dict[str, float]  # at the selected step
+    metrics: list[str]  # the task's headline metrics, in order
+    select_metric: str
+    best_step: int | None
+    lr: float | None
+    budget: Budget
+    optimizer: str | None
+    costs: Costs
+    task: dict[str, Any]  # Task.describe(): its keys vary with the task kind
+    device: str | None
+    processes: int | None
+    versions: dict[str, str]
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def scored_on_test(self) -> bool:
+        return self.test is not None
+
+    def test_score(self, metric: str) -> float | None:
+        return _number((self.test or {}).get(metric))
+
+    def validation_score(self, metric: str) -> float | None:
+        return _number(self.validation.get(metric))
+
+    @property
+    def labels(self) -> list[Any] | None:
+        return self.task.get("labels")
+
+    @property
+    def family(self) -> str | None:
+        return self.task.get("family")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "test": self.test, "validation": self.validation, "metrics": self.metrics,
+            "select_metric": self.select_metric, "best_step": self.best_step, "lr": self.lr,
+            "budget": self.budget.to_dict(), "optimizer": self.optimizer, "costs": self.costs.to_dict(),
+            "task": self.task, "device": self.device, "processes": self.processes, "versions": self.versions,
+            "samples": [s.to_dict() for s in self.samples],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], config: dict[str, Any] | None = None) -> RunResult:
+        """A stored result; `config` (the run's) fills in what older versions did not store."""
+        config = config or {}
+        return cls(
+            test=d.get("test"), validation=d.get("validation") or {}, metrics=list(d.get("metrics", LEGACY_METRICS)),
+            select_metric=d.get("select_metric") or LEGACY_SELECT, best_step=d.get("best_step"),
+            lr=d["lr"] if "lr" in d else config.get("train", {}).get("lr"), budget=Budget.of(d.get("budget"), config),
+            optimizer=d.get("optimizer"), costs=Costs.from_dict(d.get("costs") or {}), task=d.get("task") or {},
+            device=d.get("device"), processes=d.get("processes"), versions=d.get("versions") or {},
+            samples=[Sample(s.get("input", ""), s.get("target", ""), s.get("untuned", ""), s.get("tuned", ""))
+                     for s in d.get("samples") or []],
+        )
+
+
+@dataclass
+class RunOutput:
+    """Everything a run produces, as Store.finish writes it into the run folder and the index."""
+
+    result: RunResult
+    curve: Curve
+    predictions: Predictions | None  # None when test was not scored
