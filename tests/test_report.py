@@ -27,6 +27,8 @@ from peftbench.report.command import report
 from peftbench.report.formats import to_csv, to_json, to_markdown
 from peftbench.report.html import render
 from peftbench.report.plots import pareto_front, section_plots
+from peftbench.stats import mean_ci
+from peftbench.stats.curves import aulc, curve_xy, flops_to_fraction
 from peftbench.store import Predictions, RunOutput, RunResult, Store
 
 LABELS = ["anger", "joy", "optimism", "sadness"]
