@@ -195,7 +195,21 @@ def load_yaml(path: str | Path, kind: str = "config file", flag: str = "--config
         raise UserError(f"{kind} '{p}' is not valid YAML{line}; fix the syntax") from None
     if not isinstance(data, dict):
         raise UserError(f"{kind} '{p}' must hold a mapping ({holds})")
+    if _asks_remote_code(data):  # a shared or downloaded file must never run a model's own code
+        raise UserError(
+            f"{kind} '{p}' sets trust_remote_code; a file cannot allow remote code: remove the key and pass "
+            "--trust-remote-code on the command line (peftbench run / compare) if you trust the model's code"
+        )
     return data
+
+
+def _asks_remote_code(node: Any) -> bool:
+    """True if any mapping in a loaded file sets trust_remote_code to anything but false/null."""
+    if isinstance(node, dict):
+        return any((k == "trust_remote_code" and v not in (False, None)) or _asks_remote_code(v) for k, v in node.items())
+    if isinstance(node, list):
+        return any(_asks_remote_code(v) for v in node)
+    return False
 
 
 def nest(key: str, value: Any) -> dict[str, Any]:

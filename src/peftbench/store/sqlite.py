@@ -230,10 +230,14 @@ class Store:
 
     def get(self, ident: str) -> RunRow:
         """A run by run id or config hash (or a unique prefix of either); done runs first."""
+        if not ident.strip():
+            raise UserError("no run id given; list them with: peftbench results")
+        # A literal prefix, not LIKE: '%' and '_' in an id must not match other runs.
+        n = len(ident)
         rows = self.db.execute(
-            f"SELECT {self._COLS} FROM runs WHERE run_id LIKE ? OR config_hash LIKE ? "
+            f"SELECT {self._COLS} FROM runs WHERE substr(run_id, 1, ?) = ? OR substr(config_hash, 1, ?) = ? "
             "ORDER BY status='done' DESC, created DESC",
-            (ident + "%", ident + "%"),
+            (n, ident, n, ident),
         ).fetchall()
         if not rows:
             raise UserError(f"no stored run matches '{ident}'; list them with: peftbench results")
