@@ -75,3 +75,36 @@ def test_run_ids_are_literal_prefixes_not_wildcards(tiny_config: dict, tmp_path:
             with pytest.raises(UserError, match="no run id given"):
                 store.get(ident)
     assert_refused(invoke("results", "show", "%", "--results-dir", res), "no stored run matches")
+
+
+@pytest.mark.parametrize("flags", [("--lr", "inf"), ("--lr", "nan"), ("--flops", "inf"), ("--epochs", "inf"),
+                                   ("--seconds", "nan"), ("--seed", "99999999999999999999"), ("--seed", "-1")])
+def test_budgets_rates_and_seeds_must_be_finite_and_in_range(flags: tuple[str, str], tiny_config: dict, tmp_path: Path) -> None:
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({k: v for k, v in tiny_config.items() if k != "train"}))
+    res = tmp_path / "res"
+    key = "train." + flags[0].removeprefix("--")
+    assert_refused(invoke("run", "--config", tmp_path / "run.yaml", *flags, "--results-dir", res), key, results_dir=res)
+    assert_nothing_stored(res)
+
+
+@pytest.mark.parametrize("grid", ["nan", "1e-3,inf", "-1e-3"])
+def test_a_learning_rate_grid_with_no_finite_positive_rate_is_refused_before_any_work(grid: str, tmp_path: Path) -> None:
+    res = tmp_path / "res"
+    assert_refused(invoke("compare", "--lr-grid", grid, "--results-dir", res), "--lr-grid", results_dir=res)
+    assert_nothing_stored(res)
+
+
+def test_a_diverging_run_stops_at_once_and_is_stored_as_failed(tiny_config: dict, tmp_path: Path) -> None:
+    cfg = {**tiny_config, "train": {**tiny_config["train"], "steps": 50, "eval_every": 50, "max_grad_norm": None}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    res = tmp_path / "res"
+    result = invoke("run", "--config", tmp_path / "run.yaml", "--lr", "1e9", "--results-dir", res)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    line = result.stderr.strip().splitlines()[-1]  # after the run's own progress lines
+    assert line.startswith("error: loss became nan at step ") and "(learning rate 1e+09): lower the learning rate" in line
+    step = int(line.split(" at step ")[1].split()[0])
+    assert step < 50  # stopped where it diverged, not at the end of the budget
+    with Store(res) as store:
+        (row,) = store.list()
+        assert row.status == "failed" and "loss became" in (row.error or "")
+        assert not store.list("done")

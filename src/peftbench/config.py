@@ -92,21 +92,21 @@ class MethodSpec(Spec):
 
 
 class TrainSpec(Spec):
-    lr: float | None = Field(None, gt=0.0)  # None: the method's default
+    lr: float | None = Field(None, gt=0.0, allow_inf_nan=False)  # None: the method's default
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(64, ge=1)
     grad_accum: int = Field(1, ge=1)
     steps: int | None = Field(None, ge=1)  # budget: optimizer steps ...
-    epochs: float | None = Field(None, gt=0.0)  # ... or epochs (steps wins if both) ...
-    flops: float | None = Field(None, gt=0.0)  # ... or measured training FLOPs ...
-    seconds: float | None = Field(None, gt=0.0)  # ... or training wall seconds (evaluation excluded)
+    epochs: float | None = Field(None, gt=0.0, allow_inf_nan=False)  # ... or epochs (steps wins if both) ...
+    flops: float | None = Field(None, gt=0.0, allow_inf_nan=False)  # ... or measured training FLOPs ...
+    seconds: float | None = Field(None, gt=0.0, allow_inf_nan=False)  # ... or training wall seconds (evaluation excluded)
     warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.01, ge=0.0)
-    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0, allow_inf_nan=False)
+    max_grad_norm: float | None = Field(1.0, gt=0.0, allow_inf_nan=False)
     eval_every: int | None = Field(None, ge=1)  # None: 4 points per run
     select_metric: str | None = None  # validation metric that picks the checkpoint; None: the task's
     optimizer: Literal["adamw", "adafactor", "prodigy"] = "adamw"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy and the data order take 32-bit seeds
     test: bool = True  # score the test split at the end; False for learning-rate search runs
 
     @model_validator(mode="after")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,7 +42,7 @@ def _rates(text: str) -> list[float]:
         rates = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         rates = []
-    if not rates or any(r <= 0 for r in rates):
+    if not rates or not all(0 < r < math.inf for r in rates):  # nan fails every comparison
         raise UserError(f"--lr-grid '{text}' is not 'auto' or a comma-separated list of positive rates like 1e-4,3e-4,1e-3")
     return rates
 

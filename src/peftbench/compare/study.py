@@ -65,7 +65,7 @@ def entries_from(items: list[Any]) -> list[Entry]:
     for item in items:
         spec = dict(item) if isinstance(item, dict) else {"name": item}
         grid = spec.pop("lr_grid", None)
-        if grid is not None and (not isinstance(grid, list) or not grid or not all(isinstance(x, (int, float)) and x > 0 for x in grid)):
+        if grid is not None and (not isinstance(grid, list) or not grid or not all(isinstance(x, (int, float)) and 0 < x < float("inf") for x in grid)):
             raise UserError(f"lr_grid of method '{spec.get('name')}' must be a non-empty list of positive rates, e.g. [1.0e-4, 1.0e-3]")
         get_method(spec.get("name", "")).validate(spec.get("params", {}))
         out.append(Entry(spec, [float(x) for x in grid] if grid else None))

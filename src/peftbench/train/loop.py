@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from peftbench.config import TrainSpec
+from peftbench.errors import UserError
 from peftbench.measure.flops import FlopMeter
 from peftbench.methods.base import Method
 from peftbench.metrics import lower_is_better
@@ -69,6 +70,10 @@ def better(metric: str, new: float, old: float | None) -> bool:
     return new < old if lower_is_better(metric) else new > old
 
 
+def diverged(mean_loss: torch.Tensor, step: int, lr: float) -> UserError:
+    return UserError(f"loss became {float(mean_loss)} at step {step} (learning rate {lr:g}): lower the learning rate (--lr)")
+
+
 def train(
     model: nn.Module, method: Method, task: Task, spec: TrainSpec, lr: float, budget: Budget,
     device: torch.device, meter: FlopMeter, eval_meter: FlopMeter, reporter: Reporter = Quiet(),
@@ -101,6 +106,7 @@ def train(
     curve: list[EvalPoint] = []
     best_step, best_score, best_state = 0, None, None
     loss_sum, loss_n = torch.zeros((), device=device), 0  # on the device: read only when validating
+    finite_every = 1 if device.type == "cpu" else 16  # a finiteness check waits for the GPU: not every step there
     model.train()
     reporter.start(budget.steps or 0)
     clock.start()
@@ -114,6 +120,8 @@ def train(
                 (loss * scale).backward()
             loss_sum += loss.detach().float()
             loss_n += 1
+        if step % finite_every == 0 and not torch.isfinite(loss_sum):  # diverged: nothing after this is a result
+            raise diverged(loss_sum / loss_n, step, lr)
         if spec.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
         optimizer.step()
@@ -127,6 +135,8 @@ def train(
         reporter.step(step)
         if evals.due(step, progress):
             with clock.stopped():
+                if not torch.isfinite(loss_sum):
+                    raise diverged(loss_sum / loss_n, step, lr)
                 point = validate(step, batches.tokens, loss_sum.item() / loss_n)
                 curve.append(point)
                 loss_sum.zero_()
