@@ -108,3 +108,42 @@ def test_a_diverging_run_stops_at_once_and_is_stored_as_failed(tiny_config: dict
         (row,) = store.list()
         assert row.status == "failed" and "loss became" in (row.error or "")
         assert not store.list("done")
+
+
+def test_ctrl_c_names_the_interrupted_run_and_how_to_resume(tiny_config: dict, tmp_path: Path) -> None:
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    long = {**tiny_config, "train": {**tiny_config["train"], "steps": 5000, "eval_every": 5000}}
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(long))
+    res = tmp_path / "res"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "peftbench.cli", "run", "--config", str(tmp_path / "long.yaml"), "--results-dir", str(res)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # until the run's row exists: training has started
+            try:
+                if sqlite3.connect(res / "results.sqlite").execute("SELECT count(*) FROM runs").fetchone()[0]:
+                    break
+            except sqlite3.OperationalError:
+                pass
+            time.sleep(0.2)
+        else:
+            pytest.fail("run never started")
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    with Store(res) as store:
+        (row,) = store.list()
+    assert row.status == "interrupted"
+    assert f"interrupted: run {row.run_id} marked interrupted; rerun the same command to resume" in stderr
+    assert "Traceback" not in stderr

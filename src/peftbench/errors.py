@@ -10,6 +10,14 @@ class UserError(Exception):
     """Bad input. The message is shown as is, without a traceback."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, after the store marked it interrupted: the CLI names the run."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+
+
 def suggest(word: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)' when a close match exists, else ''."""
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

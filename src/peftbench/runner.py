@@ -21,7 +21,7 @@ import transformers
 import peftbench
 from peftbench import models
 from peftbench.config import RunConfig
-from peftbench.errors import UserError
+from peftbench.errors import Interrupted, UserError
 from peftbench.measure.flops import FlopMeter, shape_key
 from peftbench.measure.latency import measure as measure_latency
 from peftbench.measure.memory import peak_bytes, reset_peak
@@ -236,7 +236,7 @@ def run(
             tracker.finish(result.to_dict())
     except KeyboardInterrupt:
         store.fail(run_id, "interrupted", "interrupted by the user", staged)
-        raise
+        raise Interrupted(run_id) from None
     except BaseException as err:
         store.fail(run_id, "failed", "".join(traceback.format_exception_only(err)).strip(), staged)
         if tracker:

@@ -33,7 +33,7 @@ class OneLineErrors(typer.core.TyperGroup):
             where = f"; see: {e.ctx.command_path} --help" if e.ctx else ""
             err.print(f"[bold red]error:[/] {escape(e.format_message().rstrip('.'))}{where}", highlight=False, soft_wrap=True)
             raise SystemExit(2) from None
-        except typer.Abort:  # Ctrl-C
+        except typer.Abort:  # end of input at a prompt
             raise SystemExit(130) from None
         raise SystemExit(rv if isinstance(rv, int) else 0)
 
@@ -52,5 +52,10 @@ def friendly(fn: Callable) -> Callable:
         except UserError as e:
             err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt as e:  # Ctrl-C: say what became of the run (runner raises Interrupted)
+            run_id = getattr(e, "run_id", None)
+            said = f"run {run_id} marked interrupted" if run_id else "no run was stored as done"
+            err.print(f"interrupted: {escape(said)}; rerun the same command to resume", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
 
     return wrapper
