@@ -130,3 +130,19 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory):
         return built[arch]
 
     return get
+
+
+def wait_until_running(results_dir: Path, seconds: float = 120) -> None:
+    """Block until a run's row exists in the store (training has started), or fail the test."""
+    import sqlite3
+    import time
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:  # the file exists a moment before its tables do
+            if sqlite3.connect(results_dir / "results.sqlite").execute("SELECT count(*) FROM runs").fetchone()[0]:
+                return
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.2)
+    pytest.fail("run never started")

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from peftbench.config import _asks_remote_code, load_yaml
 from peftbench.errors import UserError
 from peftbench.store import Store
+from conftest import wait_until_running
 from test_bad_input import assert_nothing_stored, assert_refused, invoke
 
 KEYS = st.sampled_from(["model", "task", "name", "params", "base", "axes", "trust", "remote_code", "x"])
@@ -113,7 +114,6 @@ def test_a_diverging_run_stops_at_once_and_is_stored_as_failed(tiny_config: dict
 def test_ctrl_c_names_the_interrupted_run_and_how_to_resume(tiny_config: dict, tmp_path: Path) -> None:
     import os
     import signal
-    import sqlite3
     import subprocess
     import sys
     import time
@@ -126,16 +126,7 @@ def test_ctrl_c_names_the_interrupted_run_and_how_to_resume(tiny_config: dict, t
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:  # until the run's row exists: training has started
-            try:
-                if sqlite3.connect(res / "results.sqlite").execute("SELECT count(*) FROM runs").fetchone()[0]:
-                    break
-            except sqlite3.OperationalError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("run never started")
+        wait_until_running(res)
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)

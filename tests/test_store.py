@@ -19,6 +19,7 @@ from peftbench.cli import app
 from peftbench.config import parse_config
 from peftbench.runner import config_hash, normalize, run
 from peftbench.store import Store
+from conftest import wait_until_running
 
 runner = CliRunner()
 
@@ -106,17 +107,7 @@ def test_killed_run_is_not_counted_as_done(tiny_config: dict, tmp_path: Path) ->
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:  # wait until training has started (row written)
-            db = res / "results.sqlite"
-            try:  # the file exists a moment before its tables do
-                if db.exists() and sqlite3.connect(db).execute("SELECT count(*) FROM runs").fetchone()[0]:
-                    break
-            except sqlite3.OperationalError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("run never started")
+        wait_until_running(res)
         time.sleep(1.0)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
