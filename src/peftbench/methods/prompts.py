@@ -49,12 +49,14 @@ class Prefix(SoftPrompt):
     default_lr = 3e-2
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
-        self.check(ctx)
+        self.check(ctx)  # a vision model gets its own line before its layers are looked at
         if not accept_prefixes(model):  # before any training: the model cannot take key/value prefixes
+            import transformers
+
             kind = getattr(getattr(model, "config", None), "model_type", "this model")
             raise UserError(
                 f"method 'prefix' needs a model whose attention takes past key values, and {kind} "
-                f"(transformers {_transformers_version()}) takes none; use prompt or p_tuning "
+                f"(transformers {transformers.__version__}) takes none; use prompt or p_tuning "
                 "(virtual input tokens), or prefix on a decoder or seq2seq model"
             )
         return super().apply(model, ctx)
@@ -71,12 +73,6 @@ class Prefix(SoftPrompt):
             task_type=ctx.peft_task_type, num_virtual_tokens=p.num_virtual_tokens,
             prefix_projection=p.prefix_projection, encoder_hidden_size=p.encoder_hidden_size,
         )
-
-
-def _transformers_version() -> str:
-    import transformers
-
-    return transformers.__version__
 
 
 class PromptParams(Params):
