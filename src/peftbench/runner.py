@@ -6,9 +6,9 @@ touched, so bad input leaves nothing behind.
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import closing
-import json
+from importlib import metadata
+import socket
 import time
 import traceback
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ from peftbench.measure.size import count_parameters, dir_bytes
 from peftbench.methods import get_method
 from peftbench.methods.base import Context, Method
 from peftbench.store import Budget as StoredBudget
+from peftbench.store import folder as run_folder
 from peftbench.store import Costs, Latency, Predictions, RunOutput, RunResult, RunRow, Sample, Store
 from peftbench.tasks import get_task
 from peftbench.track import Tee, check_trackers, open_trackers
@@ -37,10 +38,15 @@ from peftbench.train.loop import Budget, Quiet, Reporter, train
 
 
 def versions() -> dict[str, str]:
+    """Exact versions of what a run's numbers depend on, stored with every run."""
     import peft
 
+    try:  # read from metadata: importing datasets only for its version would cost a second
+        data_version = metadata.version("datasets")
+    except metadata.PackageNotFoundError:
+        data_version = "not installed"
     return {"peftbench": peftbench.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__}
+            "transformers": transformers.__version__, "peft": peft.__version__, "datasets": data_version}
 
 
 def normalize(cfg: RunConfig) -> tuple[RunConfig, Method]:
@@ -57,10 +63,8 @@ def normalize(cfg: RunConfig) -> tuple[RunConfig, Method]:
 
 
 def config_hash(cfg: RunConfig) -> str:
-    """Hash of the normalized config plus major.minor of the numerics-relevant packages."""
-    v = {k: ".".join(s.split(".")[:2]) for k, s in versions().items()}
-    blob = json.dumps({"config": cfg.canonical(), "versions": v}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """Hash of the normalized config plus major.minor of the numerics-relevant packages (store/folder.py)."""
+    return run_folder.digest(cfg.canonical(), versions())
 
 
 def make_task(cfg: RunConfig, method: Method) -> Any:
@@ -148,6 +152,17 @@ def calibrate_flops(cfg: RunConfig, steps: int | None = None) -> int:
     return total
 
 
+def wait_for_same_config(store: Store, digest: str, log: Callable[[str], None], poll: float = 1.0) -> None:
+    """Single flight: while a live process on this host trains the same config, wait for it (its result
+    is then reused); one on another host is refused when this run would begin (Store.begin)."""
+    said = False
+    while (other := store.running(digest)) and other[2] == socket.gethostname():
+        if not said:
+            log(f"waiting for run {other[0]} (pid {other[1]}), which is training the same config")
+            said = True
+        time.sleep(poll)
+
+
 @dataclass
 class RunOutcome:
     row: RunRow | None  # None in the helper processes of a multi-process run
@@ -165,9 +180,11 @@ def run(
     check_trackers(report_to or [])
     cfg, method = normalize(cfg)
     digest = config_hash(cfg)
-    if Path(results_dir, "results.sqlite").exists() and not force:
-        with closing(Store(results_dir)) as existing:
-            done = existing.find_done(digest)
+    if Path(results_dir, "results.sqlite").exists() or Path(results_dir, "runs").is_dir():
+        with closing(Store(results_dir)) as existing:  # refuses a damaged index before any work
+            if parallel.is_main():  # helper processes of a multi-process run wait for nobody: the main one trains
+                wait_for_same_config(existing, digest, log)
+            done = None if force else existing.find_done(digest)
         if done:
             log(f"{cfg.method.name}: already done as {done.run_id} (use --force to re-run)")
             return RunOutcome(done, skipped=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from peftbench.cli.common import friendly, out
+from peftbench.cli.common import err, friendly, out
 from peftbench.cli.options import RESULTS_DIR
 from peftbench.errors import UserError
 
@@ -21,6 +21,8 @@ def results_list(
     ctx: typer.Context,
     results_dir: Path = Opt(RESULTS_DIR, help="Results folder."),
     json_out: bool = Opt(False, "--json", help="Print as JSON."),
+    rebuild: bool = Opt(False, "--rebuild", help="Rebuild a damaged or lost index (results.sqlite) from the run "
+                        "folders; the damaged file is kept aside."),
 ) -> None:
     """List stored runs (or: peftbench results show RUN_ID)."""
     if ctx.invoked_subcommand:
@@ -28,12 +30,27 @@ def results_list(
     from peftbench.report.tables import runs_table, summary
     from peftbench.store import Store
 
+    if rebuild:
+        rebuilt_index(results_dir)
     with Store.open_existing(results_dir) as store:
         rows = store.list()
     if json_out:
         print(json.dumps([summary(r) for r in rows], indent=2))
     else:
         out.print(runs_table(rows))
+
+
+def rebuilt_index(results_dir: Path) -> None:
+    from peftbench.store import Store
+
+    if not Path(results_dir, "runs").is_dir():
+        raise UserError(f"no run folders in '{results_dir}' to rebuild from; pass the results folder with --results-dir")
+    done = Store.rebuild(results_dir)
+    aside = f"; the old index is kept as {done.aside}" if done.aside else ""
+    err.print(f"rebuilt the index of {results_dir}: {len(done.restored)} finished run(s) restored from their folders{aside}",
+              markup=False, highlight=False, soft_wrap=True)
+    for why in done.skipped:
+        err.print(f"skipped unreadable run folder {why}", markup=False, highlight=False, soft_wrap=True)
 
 
 @results_app.command("show")

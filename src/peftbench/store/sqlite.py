@@ -25,6 +25,7 @@ from typing import Any
 
 from peftbench.errors import UserError
 from peftbench.store import folder as run_folder
+from peftbench.store import integrity
 from peftbench.store.result import Curve, Predictions, RunOutput, RunResult
 
 SCHEMA = """
@@ -112,11 +113,16 @@ def _alive(pid: int) -> bool:
 
 
 class Store:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, check: bool = True) -> None:
+        """check: refuse an index that is damaged, or empty next to run folders (integrity.check)."""
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"results folder '{root}' is a file, not a folder: pass a folder with --results-dir")
         self.runs_dir = self.root / "runs"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.root / "results.sqlite", timeout=30, isolation_level=None)
+        if check:
+            integrity.check(self.root)
+        self.db = sqlite3.connect(self.root / integrity.INDEX, timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
         self._reap()
@@ -134,7 +140,7 @@ class Store:
     @contextmanager
     def open_existing(cls, root: str | Path) -> Iterator[Store]:
         """The store in an existing results folder (refused in one line if there is none), closed after use."""
-        if not Path(root, "results.sqlite").exists():
+        if not Path(root, integrity.INDEX).exists() and not integrity.run_folders(Path(root, "runs")):
             raise UserError(f"no results in '{root}' yet; run: peftbench compare (or pass --results-dir)")
         with cls(root) as store:
             yield store
@@ -149,16 +155,41 @@ class Store:
                     "UPDATE runs SET status='interrupted', error='process ended before the run finished' "
                     "WHERE run_id=? AND status='running'", (run_id,)
                 )
+        # Staging folders of runs that are no longer running (killed, or failed before cleaning up).
+        live = {r[0] for r in self.db.execute("SELECT run_id FROM runs WHERE status='running'").fetchall()}
+        for staged in self.runs_dir.glob(".tmp-*"):
+            if staged.name.removeprefix(".tmp-") not in live:
+                shutil.rmtree(staged, ignore_errors=True)
+
+    def running(self, config_hash: str) -> tuple[str, int, str] | None:
+        """(run id, pid, host) of the run of this config a live process is training now, if any;
+        a run on another host counts as live (its process cannot be seen from here)."""
+        self._reap()
+        r = self.db.execute("SELECT run_id, pid, host FROM runs WHERE config_hash=? AND status='running' LIMIT 1",
+                            (config_hash,)).fetchone()
+        return (r[0], r[1], r[2]) if r else None
 
     # -- writing ---------------------------------------------------------------------
     def begin(self, config_hash: str, config: dict[str, Any], method: str, model: str, task: str) -> str:
+        """A new `running` row; refused if a live process is training the same config (single flight)."""
         run_id = f"{config_hash[:8]}-{uuid.uuid4().hex[:6]}"  # short enough to type
-        self.db.execute(
-            "INSERT INTO runs(run_id, config_hash, status, method, model, task, created, pid, host, config) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (run_id, config_hash, "running", method, model, task, time.time(), os.getpid(),
-             socket.gethostname(), json.dumps(config)),
-        )
+        self._reap()
+        self.db.execute("BEGIN IMMEDIATE")  # the check and the insert as one: two starts cannot both pass
+        try:
+            other = self.running(config_hash)
+            if other:
+                raise UserError(f"the same config is already training as run {other[0]} (pid {other[1]} on {other[2]}); "
+                                "wait for it to finish, then rerun to reuse its result")
+            self.db.execute(
+                "INSERT INTO runs(run_id, config_hash, status, method, model, task, created, pid, host, config) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (run_id, config_hash, "running", method, model, task, time.time(), os.getpid(),
+                 socket.gethostname(), json.dumps(config)),
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
         return run_id
 
     def staging(self, run_id: str) -> Path:
@@ -174,24 +205,73 @@ class Store:
 
     def finish(self, run_id: str, output: RunOutput, staged: Path) -> None:
         """Write the run's files, move its folder into place, then mark it done in one transaction."""
-        config_hash, config = self.db.execute("SELECT config_hash, config FROM runs WHERE run_id=?", (run_id,)).fetchone()
-        run_folder.write(staged, json.loads(config), output)
+        config_hash, config, created = self.db.execute(
+            "SELECT config_hash, config, created FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        finished = time.time()
+        identity = {"run_id": run_id, "config_hash": config_hash, "created": created, "finished": finished}
+        run_folder.write(staged, json.loads(config), output, identity)
         final = self.runs_dir / run_id
         staged.rename(final)  # atomic on one filesystem
         try:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany(
-                "INSERT INTO evals(run_id, step, tokens, train_flops, seconds, train_loss, metrics) VALUES (?,?,?,?,?,?,?)",
-                [(run_id, p["step"], p["tokens"], p["train_flops"], p["seconds"], p["train_loss"],
-                  json.dumps(p["metrics"])) for p in output.curve],
-            )
+            self._insert_curve(run_id, output.curve)
             self.db.execute(
                 "UPDATE runs SET status='superseded' WHERE config_hash=? AND status='done'", (config_hash,)
             )
             self.db.execute(
                 "UPDATE runs SET status='done', finished=?, result=? WHERE run_id=?",
-                (time.time(), json.dumps(output.result.to_dict()), run_id),
+                (finished, json.dumps(output.result.to_dict()), run_id),
             )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def _insert_curve(self, run_id: str, curve: Curve) -> None:
+        self.db.executemany(
+            "INSERT INTO evals(run_id, step, tokens, train_flops, seconds, train_loss, metrics) VALUES (?,?,?,?,?,?,?)",
+            [(run_id, p["step"], p["tokens"], p["train_flops"], p["seconds"], p["train_loss"],
+              json.dumps(p["metrics"])) for p in curve],
+        )
+
+    @classmethod
+    def rebuild(cls, root: str | Path) -> integrity.Rebuilt:
+        """The index from the run folders: a damaged, empty or missing index is set aside and written anew;
+        a sound one gains the finished runs whose folders it lacks. Failed and interrupted runs have no
+        folder, so a new index does not list them."""
+        root = Path(root)
+        out = integrity.Rebuilt()
+        if not (root / integrity.INDEX).exists() or integrity.damage(root / integrity.INDEX):
+            out.aside = integrity.set_aside(root)
+        with cls(root, check=False) as store:
+            known = {r[0] for r in store.db.execute("SELECT run_id FROM runs").fetchall()}
+            for folder in integrity.run_folders(store.runs_dir):
+                try:
+                    entry = integrity.read_folder(folder)
+                except (OSError, ValueError, KeyError, TypeError) as e:
+                    out.skipped.append(f"{folder.name} ({type(e).__name__}: {e})")
+                    continue
+                if entry["run_id"] not in known:
+                    store._restore(entry)
+                    out.restored.append(entry["run_id"])
+        return out
+
+    def _restore(self, e: dict[str, Any]) -> None:
+        """One finished run from its folder; an older done run of the same config becomes superseded."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            newer = self.db.execute("SELECT 1 FROM runs WHERE config_hash=? AND status='done' AND finished>?",
+                                    (e["config_hash"], e["finished"])).fetchone()
+            if not newer:
+                self.db.execute("UPDATE runs SET status='superseded' WHERE config_hash=? AND status='done'",
+                                (e["config_hash"],))
+            self.db.execute(
+                "INSERT INTO runs(run_id, config_hash, status, method, model, task, created, finished, config, result) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (e["run_id"], e["config_hash"], "superseded" if newer else "done", e["method"], e["model"], e["task"],
+                 e["created"], e["finished"], json.dumps(e["config"]), json.dumps(e["result"])),
+            )
+            self._insert_curve(e["run_id"], e["curve"])
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
