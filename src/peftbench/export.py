@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,22 @@ def _outputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
 def rebuild(row: RunRow) -> tuple[Any, torch.nn.Module, Any, Any]:
     """The run's task, its base model with the saved adapter loaded, the method, and the processor."""
     cfg = parse_config(row.config)
+    # The stored config spells every default out; a default max_length the run lowered to the
+    # model's limit must be lowered the same way again, not refused as if the user had asked for it.
+    cfg.task.model_fields_set.discard("max_length")
     method = get_method(cfg.method.name)(cfg.method.params)
     task = make_task(cfg, method)
     task.load_data()  # labels (and the head's size) come from the data
     model, processor = task.load_model(cfg.model)
-    return task, method.load(model, row.adapter), method, processor
+    return task, method.load(model, adapter_of(row)), method, processor
+
+
+def adapter_of(row: RunRow) -> Path:
+    """The run's saved weights, refused in one line when their folder is gone."""
+    if not row.adapter.is_dir():
+        raise UserError(f"run {row.run_id}'s adapter folder {row.adapter} is missing (deleted or moved?); "
+                        "train it again with: peftbench run ... --force")
+    return row.adapter
 
 
 def export(row: RunRow, out: Path, merge: bool = False) -> dict[str, Any]:
@@ -49,8 +61,10 @@ def export(row: RunRow, out: Path, merge: bool = False) -> dict[str, Any]:
             f"method '{row.method}' cannot be merged into the base weights (it adds tokens or modules); "
             "export without --merge to get the adapter folder"
         )
-    staged = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(staged, ignore_errors=True)
+    out = out.resolve()  # '.' and 'x/..' have no name to stage beside
+    adapter = adapter_of(row)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))  # new: never someone else's folder
     try:
         if merge:
             task, model, method, processor = rebuild(row)
@@ -67,7 +81,7 @@ def export(row: RunRow, out: Path, merge: bool = False) -> dict[str, Any]:
                 raise RuntimeError(f"merged outputs differ from the adapter's by {diff:.2e} (> {MERGE_TOLERANCE}); nothing exported")
             info["max_abs_diff"] = diff
         else:
-            shutil.copytree(row.adapter, staged)
+            shutil.copytree(adapter, staged, dirs_exist_ok=True)
             info["base_model_path"] = models.resolve(parse_config(row.config).model)
         (staged / "peftbench.json").write_text(json.dumps({**info, "config": row.config}, indent=2))
         if out.exists():

@@ -1,8 +1,9 @@
-"""What every command shares: the app, its consoles, and bad input as one line with exit code 2."""
+"""What every command shares: the app, its consoles, and every failure as one line (cli/failures.py)."""
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Any, Callable
 
@@ -14,12 +15,18 @@ try:  # typer >= 0.20 bundles its own copy of click
 except ImportError:  # pragma: no cover
     from click.exceptions import UsageError
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
-from peftbench.errors import UserError
+from peftbench.cli import failures
 
-out = Console(width=None if sys.stdout.isatty() else 120)  # pipes and logs get the whole table
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+# markup=False: labels, paths and messages are the user's text, and '[/x]' in them is not rich markup.
+out = Console(width=None if sys.stdout.isatty() else 120, markup=False)  # pipes and logs get the whole table
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 120, markup=False)
+DEBUG = {"on": os.environ.get("PEFTBENCH_DEBUG", "") not in ("", "0")}  # set by --debug
+
+
+def say_error(line: str) -> None:
+    err.print(Text.assemble(("error:", "bold red"), " ", line), highlight=False, soft_wrap=True)
 
 
 class OneLineErrors(typer.core.TyperGroup):
@@ -31,10 +38,10 @@ class OneLineErrors(typer.core.TyperGroup):
             rv = super().main(*args, **kwargs)
         except UsageError as e:
             where = f"; see: {e.ctx.command_path} --help" if e.ctx else ""
-            err.print(f"[bold red]error:[/] {escape(e.format_message().rstrip('.'))}{where}", highlight=False, soft_wrap=True)
-            raise SystemExit(2) from None
+            say_error(f"{e.format_message().rstrip('.')}{where}")
+            raise SystemExit(failures.INPUT) from None
         except typer.Abort:  # end of input at a prompt
-            raise SystemExit(130) from None
+            raise SystemExit(failures.INTERRUPTED) from None
         raise SystemExit(rv if isinstance(rv, int) else 0)
 
 
@@ -42,20 +49,32 @@ app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True,
                   help="Fine-tune with PEFT methods and compare them fairly.")
 
 
+@app.callback()
+def main_options(debug: bool = typer.Option(False, "--debug", help="Print the traceback of an internal error "
+                                            "(also PEFTBENCH_DEBUG=1).")) -> None:
+    if debug:
+        DEBUG["on"] = True
+
+
 def friendly(fn: Callable) -> Callable:
-    """Bad input: one line on stderr, exit code 2, no traceback."""
+    """Any failure: one line on stderr and an exit code (2: input or machine, 1: a bug); no traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+        except (typer.Exit, SystemExit):
+            raise
         except KeyboardInterrupt as e:  # Ctrl-C: say what became of the run (runner raises Interrupted)
             run_id = getattr(e, "run_id", None)
             said = f"run {run_id} marked interrupted" if run_id else "no run was stored as done"
-            err.print(f"interrupted: {escape(said)}; rerun the same command to resume", highlight=False, soft_wrap=True)
-            raise typer.Exit(130) from None
+            err.print(f"interrupted: {said}; rerun the same command to resume", highlight=False, soft_wrap=True)
+            raise typer.Exit(failures.INTERRUPTED) from None
+        except Exception as e:
+            line, code = failures.describe(e)
+            if code == failures.BUG and DEBUG["on"]:
+                raise
+            say_error(line)
+            raise typer.Exit(code) from None
 
     return wrapper

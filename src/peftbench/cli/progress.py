@@ -14,7 +14,7 @@ class BarReporter:
 
     def __init__(self, label: str) -> None:
         self.label = label
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=err, transient=True)
         self.bars: dict[str, Any] = {}
         self.started = False  # started on first use, so a refusal prints nothing but its line

@@ -231,10 +231,32 @@ def _lr_searches(rows: list[RunRow], cells: dict[str, list[Cell]], titles: dict[
     return [s for s, _ in made]
 
 
+VERSIONED = ("torch", "transformers", "peft", "datasets", "peftbench")
+
+
+def caveats(rows: list[RunRow]) -> list[str]:
+    """Runs compared across package versions, and runs whose folder is gone."""
+    notes = []
+    for package in VERSIONED:
+        seen: dict[str, int] = {}
+        for r in rows:
+            v = result_of(r).versions.get(package)
+            if v:
+                seen[v] = seen.get(v, 0) + 1
+        if len(seen) > 1:
+            counts = ", ".join(f"{v} ({n} run{'s' * (n > 1)})" for v, n in sorted(seen.items()))
+            notes.append(f"Runs compared across {package} versions: {counts}; differences may come from the versions")
+    gone = [r.run_id for r in rows if not r.folder.is_dir()]
+    if gone:
+        notes.append(f"{len(gone)} run folder(s) deleted ({', '.join(gone[:5])}{', …' if len(gone) > 5 else ''}): "
+                     "their scores come from the index alone; they cannot be predicted with, exported or bootstrapped")
+    return notes
+
+
 def aggregate(results_dir: str | Path, resamples: int = 1000, confidence: float = 0.95,
               target_fraction: float = 0.9, run_ids: set[str] | None = None) -> Report:
     """Read every done run under results_dir (or only `run_ids`) and build the report (the store is only read)."""
-    with Store(results_dir) as store:
+    with Store(results_dir, read_only=True) as store:
         rows = [r for r in store.list(status="done") if run_ids is None or r.run_id in run_ids]
         tested = [r for r in rows if not r.validation_only]
         searches = [r for r in rows if r.validation_only]
@@ -255,6 +277,7 @@ def aggregate(results_dir: str | Path, resamples: int = 1000, confidence: float 
             select = _select(srows)
             metrics = list(dict.fromkeys(m for r in srows for m in result_of(r).metrics))
             section = Section(title, skey[0], skey[1], skey[2], select, lower_is_better(select), metrics, cells, target_fraction)
+            section.notes = caveats(srows)
             _compare(section, store, resamples, confidence)
             _curve_summaries(section)
             section.samples = _samples(section)

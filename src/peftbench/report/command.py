@@ -75,7 +75,7 @@ def lr_table(report: Report) -> Table:
 
 
 def _check(results_dir: Path) -> None:
-    if not results_dir.is_dir():
+    if not results_dir.exists():
         raise UserError(f"results folder '{results_dir}' does not exist; run: peftbench compare (or pass --results-dir)")
     from peftbench.store import Store
 
@@ -98,6 +98,8 @@ def print_report(rep: Report, console: Console) -> None:
     for s in rep.sections:
         for part in TERMINAL_PARTS:
             console.print(section_table(s, part))
+        for note in s.notes:
+            console.print(f"note: {note}", style="yellow", highlight=False)
     if rep.lr_searches:
         console.print(lr_table(rep))
 

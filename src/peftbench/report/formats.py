@@ -188,6 +188,7 @@ def to_markdown(report: Report) -> str:
         cols = columns(s)
         out += [f"## {s.title}", "", f"Ranked on test {metric_label(s.select_metric)}"
                 f" ({'lower' if s.lower_is_better else 'higher'} is better). {s.bootstrap}.", ""]
+        out += [f"> **Note:** {note}." for note in s.notes] + ([""] if s.notes else [])
         if s.target is not None:
             out += [f"FLOPs to {s.target_fraction:.0%} of best: training FLOPs until validation "
                     f"{metric_label(s.select_metric)} first reaches {s.target:.4f}.", ""]

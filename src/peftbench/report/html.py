@@ -27,6 +27,7 @@ h2 { margin: 32px 0 8px; font-size: 18px; border-bottom: 2px solid var(--line); 
 h3 { margin: 22px 0 8px; font-size: 15px; }
 main { padding: 0 32px 40px; max-width: 1500px; }
 .meta, .note { color: var(--muted); margin: 4px 0; }
+.caveat { color: #9a5b00; font-weight: 600; }
 nav a { margin-right: 14px; color: var(--accent); text-decoration: none; }
 nav a:hover { text-decoration: underline; }
 .wrap { overflow-x: auto; margin: 8px 0; }
@@ -152,6 +153,7 @@ def _section(section: Section, index: int, plots: list[Plot]) -> str:
              '<p class="note legend"><span style="background:var(--best)">1: best mean</span>'
              '<span style="background:var(--near)">≈ best: the 95% interval of its difference to the best contains 0</span>'
              "other cells ranked 2, 3, … by mean.</p>"]
+    parts += [f'<p class="note caveat">Note: {_e(note)}.</p>' for note in section.notes]
     if section.target is not None:
         parts.append(f'<p class="note">AULC: mean validation {_e(m)} over training progress. FLOPs to '
                      f"{section.target_fraction:.0%} of best: training FLOPs until validation {_e(m)} first reaches "

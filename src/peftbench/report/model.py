@@ -78,6 +78,7 @@ class Section:
     target_fraction: float
     target: float | None = None  # validation score the FLOPs-to-target column is about
     bootstrap: str = ""  # how cells were compared, or why they could not be
+    notes: list[str] = field(default_factory=list)  # what a reader must know before trusting the comparison
     samples: list[dict[str, Any]] = field(default_factory=list)
     ablations: list[Ablation] = field(default_factory=list)
 

@@ -34,15 +34,29 @@ def damage(path: Path) -> str | None:
     if not path.exists() or path.stat().st_size == 0:
         return None if not path.exists() else "empty (0 bytes)"
     try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
-            verdict = [r[0] for r in db.execute("PRAGMA quick_check").fetchall()]
-    except sqlite3.OperationalError as e:  # locked, permissions: the file may be sound
-        if "malformed" not in str(e) and "not a database" not in str(e):
-            raise UserError(f"cannot read the results index {path} ({e}): check the folder's permissions") from None
-        return f"unreadable ({e})"
+        verdict = _quick_check(path)
     except sqlite3.DatabaseError as e:
+        if not _corrupt(e):  # locked, a full disk, permissions: the file itself may be sound
+            raise UserError(f"cannot read the results index {path} ({e}): the disk may be full, "
+                            "or check the folder's permissions") from None
         return f"unreadable ({e})"
     return None if verdict == ["ok"] else f"damaged ({'; '.join(verdict[:2])})"
+
+
+def _corrupt(e: sqlite3.DatabaseError) -> bool:
+    return not isinstance(e, sqlite3.OperationalError) or "malformed" in str(e) or "not a database" in str(e)
+
+
+def _quick_check(path: Path) -> list[str]:
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+            return [r[0] for r in db.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.OperationalError as e:
+        if _corrupt(e):
+            raise
+        # Reading a WAL index creates its -shm file; where nothing can be written, read a snapshot.
+        with closing(sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)) as db:
+            return [r[0] for r in db.execute("PRAGMA quick_check").fetchall()]
 
 
 def check(root: Path) -> None:

@@ -113,19 +113,28 @@ def _alive(pid: int) -> bool:
 
 
 class Store:
-    def __init__(self, root: str | Path, check: bool = True) -> None:
-        """check: refuse an index that is damaged, or empty next to run folders (integrity.check)."""
+    def __init__(self, root: str | Path, check: bool = True, read_only: bool = False) -> None:
+        """check: refuse an index that is damaged, or empty next to run folders (integrity.check).
+        read_only: for commands that only read; they still work where nothing can be written (a full
+        disk, a read-only folder), from an immutable snapshot of the index."""
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"results folder '{root}' is a file, not a folder: pass a folder with --results-dir")
         self.runs_dir = self.root / "runs"
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
         if check:
             integrity.check(self.root)
-        self.db = sqlite3.connect(self.root / integrity.INDEX, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(SCHEMA)
-        self._reap()
+        try:
+            self.db = sqlite3.connect(self.root / integrity.INDEX, timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(SCHEMA)
+            self._reap()
+        except (sqlite3.OperationalError, OSError):
+            if not read_only:
+                raise
+            self.db = sqlite3.connect(f"file:{self.root / integrity.INDEX}?mode=ro&immutable=1", uri=True,
+                                      isolation_level=None)
 
     def close(self) -> None:
         self.db.close()
@@ -140,9 +149,11 @@ class Store:
     @contextmanager
     def open_existing(cls, root: str | Path) -> Iterator[Store]:
         """The store in an existing results folder (refused in one line if there is none), closed after use."""
-        if not Path(root, integrity.INDEX).exists() and not integrity.run_folders(Path(root, "runs")):
+        root = Path(root)
+        nothing = root.is_dir() and not (root / integrity.INDEX).exists() and not integrity.run_folders(root / "runs")
+        if nothing or not root.exists():  # a file gets Store's own line
             raise UserError(f"no results in '{root}' yet; run: peftbench compare (or pass --results-dir)")
-        with cls(root) as store:
+        with cls(root, read_only=True) as store:
             yield store
 
     def _reap(self) -> None:
@@ -280,10 +291,13 @@ class Store:
     def fail(self, run_id: str, status: str, error: str, staged: Path | None = None) -> None:
         if staged is not None:
             shutil.rmtree(staged, ignore_errors=True)
-        self.db.execute(
-            "UPDATE runs SET status=?, finished=?, error=? WHERE run_id=? AND status='running'",
-            (status, time.time(), error[:2000], run_id),
-        )
+        try:
+            self.db.execute(
+                "UPDATE runs SET status=?, finished=?, error=? WHERE run_id=? AND status='running'",
+                (status, time.time(), error[:2000], run_id),
+            )
+        except sqlite3.Error:  # e.g. the disk is full: the row stays running, and the next open reaps it
+            pass
 
     # -- reading ---------------------------------------------------------------------
     _COLS = "run_id, config_hash, status, method, model, task, created, finished, config, result, error"
