@@ -155,6 +155,8 @@ def test_kill_9_then_the_same_command_resumes_exactly(tiny_config: dict, tmp_pat
     assert "resuming from step " in result.output
     assert_same(summary(res), summary(tmp_path / "a"))
     assert not ckpt.parent.exists()
+    with Store(res) as store:
+        assert sorted(r.status for r in store.list()) == ["done", "interrupted"]
 
 
 class Payload:
@@ -267,3 +269,16 @@ def test_auto_checkpoints_start_only_for_long_runs(tmp_path: Path) -> None:
     ck = Checkpoints(tmp_path, None, "x", lines.append)
     due = [s for s in range(1, 3000) if ck.due(s, s * 1.0, s / 3000)]  # 50 minutes at 1 s a step
     assert due == list(range(300, 3000, 300)) and lines == ["checkpoint every 300 steps (the run is estimated over 10 minutes)"]
+
+
+def test_a_sweep_passes_checkpoint_every_to_its_runs(tiny_config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import peftbench.sweep.command as sweep_command
+    from peftbench.sweep import expand, run_sweep
+
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"base": config(tiny_config, checkpoint_every=7), "seeds": 2}))
+    jobs: list[Any] = []
+    monkeypatch.setattr(sweep_command, "run_inline", lambda j, *a, **k: jobs.extend(j) or [])
+    run_sweep(tmp_path / "sweep.yaml", tmp_path / "res")
+    assert [parse_config(cfg).train.checkpoint_every for _, cfg in jobs] == [7, 7]
+    assert [r.config_hash for r in expand(tmp_path / "sweep.yaml").runs] == [
+        digest(config(tiny_config, seed=seed)) for seed in (0, 1)]  # the same runs as without it

@@ -125,7 +125,8 @@ class Checkpoints:
 
     def __init__(self, folder: str | Path, every: int | None, digest: str, log: Callable[[str], None] = lambda s: None) -> None:
         self.folder, self.digest, self.log = Path(folder), digest, log
-        self.every = every  # None: auto, decided once the first steps are measured
+        # None: auto, decided once the first steps are measured; 0: none written (a saved one is still resumed from)
+        self.every = every
         if parallel.world_size() > 1:
             if every:
                 log("checkpoints are not written in multi-process runs; a killed run starts over")

@@ -6,7 +6,8 @@ The loss stays on the device and is read only when validating, so no step waits 
 
 Budget in optimizer steps, measured training FLOPs or seconds; validation every `eval_every` steps gives the learning curve;
 the best validation point's trainable weights are restored at the end. The test split
-is not touched here: the caller scores it once, on the selected weights.
+is not touched here: the caller scores it once, on the selected weights. A checkpoint now and then
+(train/checkpoint.py) lets a killed run resume where it was, to exactly the same result.
 """
 
 from __future__ import annotations
