@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from peftbench.errors import UserError, suggest
 
@@ -108,6 +108,14 @@ class TrainSpec(Spec):
     optimizer: Literal["adamw", "adafactor", "prodigy"] = "adamw"
     seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy and the data order take 32-bit seeds
     test: bool = True  # score the test split at the end; False for learning-rate search runs
+    # Optimizer steps between mid-run checkpoints, which a killed run resumes from (train/checkpoint.py).
+    # None ("auto"): on for runs estimated over 10 minutes; 0: off. Not hashed: it changes no result.
+    checkpoint_every: int | None = Field(None, ge=0, strict=True)
+
+    @field_validator("checkpoint_every", mode="before")
+    @classmethod
+    def _auto(cls, value: Any) -> Any:
+        return None if value == "auto" else value
 
     @model_validator(mode="after")
     def _default_budget(self) -> TrainSpec:
@@ -145,7 +153,8 @@ class RunConfig(Spec):
     measure: MeasureSpec = MeasureSpec()
 
     def canonical(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """What determines the result (stored and hashed); how often a run checkpoints changes nothing in it."""
+        return self.model_dump(mode="json", exclude={"train": {"checkpoint_every"}})
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

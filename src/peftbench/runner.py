@@ -34,6 +34,7 @@ from peftbench.store import Costs, Latency, Predictions, RunOutput, RunResult, R
 from peftbench.tasks import get_task
 from peftbench.track import Tee, check_trackers, open_trackers
 from peftbench.train import optim, parallel
+from peftbench.train.checkpoint import Checkpoints
 from peftbench.train.loop import Budget, Quiet, Reporter, train
 
 
@@ -212,7 +213,8 @@ def run(
         meter, eval_meter = FlopMeter(), FlopMeter()
         log(f"{cfg.method.name}: {params['trainable']:,} trainable of {params['total']:,} parameters, "
             + (f"budget {describe_budget(budget)}, lr {cfg.train.lr}" if method.trains else "nothing to train"))
-        out = train(model, method, task, cfg.train, cfg.train.lr, budget, device, meter, eval_meter, reporter)
+        checkpoints = Checkpoints(Path(results_dir, "checkpoints", digest), cfg.train.checkpoint_every, digest, log)
+        out = train(model, method, task, cfg.train, cfg.train.lr, budget, device, meter, eval_meter, reporter, checkpoints)
         t0 = time.perf_counter()
         test = None  # a learning-rate search run (train.test false) is judged on validation only
         if cfg.train.test:
@@ -249,6 +251,7 @@ def run(
         )
         predictions = Predictions(test.predictions, test.references) if test else None
         store.finish(run_id, RunOutput(result, out.curve_dicts(), predictions), staged)
+        checkpoints.remove()  # finished: nothing left to resume
         if tracker:
             tracker.finish(result.to_dict())
     except KeyboardInterrupt:

@@ -135,6 +135,13 @@ class Method:
     def on_step(self, model: nn.Module, step: int) -> None:
         """Called after each optimizer step, before gradients are cleared."""
 
+    def train_state(self, model: nn.Module) -> dict[str, Any]:
+        """What `on_step` keeps besides the weights, for a mid-run checkpoint: plain tensors, numbers, lists, dicts."""
+        return {}
+
+    def load_train_state(self, model: nn.Module, state: dict[str, Any]) -> None:
+        """Put back what `train_state` returned, when a run resumes from a checkpoint."""
+
     def save(self, model: nn.Module, out: Path) -> None:
         raise NotImplementedError
 

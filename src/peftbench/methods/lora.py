@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 from torch import nn
@@ -114,3 +114,18 @@ class AdaLora(PeftMethod):
     def on_step(self, model: nn.Module, step: int) -> None:
         # HF Trainer never calls this; without it AdaLoRA is plain LoRA with extra parameters.
         model.base_model.update_and_allocate(step)
+
+    # The rank allocator's importance averages and the rank pattern change every step: a resumed
+    # run needs them to allocate as an uninterrupted one does.
+    ALLOCATOR: ClassVar[tuple[str, ...]] = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+    def train_state(self, model: nn.Module) -> dict[str, Any]:
+        base = model.base_model
+        state = {k: dict(getattr(base.rankallocator, k)) for k in self.ALLOCATOR}
+        return {**state, "rank_pattern": base.peft_config[base.trainable_adapter_name].rank_pattern}
+
+    def load_train_state(self, model: nn.Module, state: dict[str, Any]) -> None:
+        base, device = model.base_model, next(model.parameters()).device
+        for k in self.ALLOCATOR:
+            setattr(base.rankallocator, k, {n: t.to(device) for n, t in state[k].items()})
+        base.peft_config[base.trainable_adapter_name].rank_pattern = state["rank_pattern"]

@@ -97,7 +97,8 @@ def run_sweep(
 
     for i, run_id in done.items():
         log(f"{tag(i)}: skipped (already done as {run_id})")
-    jobs = [(i, r.config.canonical()) for i, r in enumerate(sweep.runs) if i not in done]
+    # The whole config, checkpoint_every too (canonical() leaves it out: it changes no result).
+    jobs = [(i, r.config.model_dump(mode="json")) for i, r in enumerate(sweep.runs) if i not in done]
     if jobs:
         if backend == "ray":
             from peftbench.sweep.ray_backend import run_ray

@@ -6,7 +6,8 @@ The loss stays on the device and is read only when validating, so no step waits 
 
 Budget in optimizer steps, measured training FLOPs or seconds; validation every `eval_every` steps gives the learning curve;
 the best validation point's trainable weights are restored at the end. The test split
-is not touched here: the caller scores it once, on the selected weights.
+is not touched here: the caller scores it once, on the selected weights. A checkpoint now and then
+(train/checkpoint.py) lets a killed run resume where it was, to exactly the same result.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from peftbench.metrics import lower_is_better
 from peftbench.tasks.base import Task
 from peftbench.train import optim, parallel
 from peftbench.train.budget import Budget, EvalSchedule, Stopwatch, TokenCount, device_sync
+from peftbench.train.checkpoint import Checkpoints, Parts
 
 
 class Reporter(Protocol):
@@ -64,6 +66,20 @@ class TrainOutcome:
         return [asdict(p) for p in self.curve]
 
 
+@dataclass
+class State:
+    """Where training stands after a step; a checkpoint saves it with the model, optimizer and meters."""
+
+    loss_sum: torch.Tensor  # on the device: read only when validating
+    loss_n: int = 0
+    step: int = 0
+    progress: float = 0.0  # share of the budget spent, measured after each update
+    curve: list[EvalPoint] = field(default_factory=list)
+    best_step: int = 0
+    best_score: float | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+
+
 def better(metric: str, new: float, old: float | None) -> bool:
     if old is None:
         return True
@@ -77,8 +93,11 @@ def diverged(mean_loss: torch.Tensor, step: int, lr: float) -> UserError:
 def train(
     model: nn.Module, method: Method, task: Task, spec: TrainSpec, lr: float, budget: Budget,
     device: torch.device, meter: FlopMeter, eval_meter: FlopMeter, reporter: Reporter = Quiet(),
+    checkpoints: Checkpoints | None = None,
 ) -> TrainOutcome:
-    """Train to the budget, validating along the way; the best validation point's weights are kept."""
+    """Train to the budget, validating along the way; the best validation point's weights are kept.
+
+    checkpoints: where to save the run's state now and then, and resume from if a saved one exists."""
     sync = device_sync(device)
     clock, eval_clock = Stopwatch(sync), Stopwatch(sync)  # training seconds (validation excluded); validation seconds
 
@@ -97,63 +116,65 @@ def train(
 
     params = [p for p in model.parameters() if p.requires_grad]
     select = spec.select_metric or task.select_metric
-    progress = 0.0  # share of the budget spent, measured after each update
-    optimizer, scheduler = optim.build(model, spec, lr, budget.steps, lambda: progress)
+    s = State(loss_sum=torch.zeros((), device=device))
+    optimizer, scheduler = optim.build(model, spec, lr, budget.steps, lambda: s.progress)
     evals = EvalSchedule.of(spec.eval_every, budget)
     batches = TokenCount(parallel.shard(task.train_batches(spec.batch_size, spec.seed)), task.batch_tokens)
     train_model = parallel.wrap(model)  # DDP across processes under accelerate launch / torchrun
     scale = 1.0 / spec.grad_accum  # the step's gradient is the mean of its micro-batches'
-    curve: list[EvalPoint] = []
-    best_step, best_score, best_state = 0, None, None
-    loss_sum, loss_n = torch.zeros((), device=device), 0  # on the device: read only when validating
     finite_every = 1 if device.type == "cpu" else 16  # a finiteness check waits for the GPU: not every step there
+    parts = Parts(model, method, optimizer, scheduler, (meter, eval_meter), (clock, eval_clock), batches, evals, spec.grad_accum)
+    if checkpoints:
+        checkpoints.resume(parts, s)
     model.train()
     reporter.start(budget.steps or 0)
     clock.start()
-    step = 0
-    while progress < 1.0:
-        step += 1
+    while s.progress < 1.0:
+        s.step += 1
         for _ in range(spec.grad_accum):
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
             with meter.count(batch):  # FLOPs of this forward + backward (measured once per batch shape)
                 loss = train_model(**batch).loss
                 (loss * scale).backward()
-            loss_sum += loss.detach().float()
-            loss_n += 1
-        if step % finite_every == 0 and not torch.isfinite(loss_sum):  # diverged: nothing after this is a result
-            raise diverged(loss_sum / loss_n, step, lr)
+            s.loss_sum += loss.detach().float()
+            s.loss_n += 1
+        if s.step % finite_every == 0 and not torch.isfinite(s.loss_sum):  # diverged: nothing after this is a result
+            raise diverged(s.loss_sum / s.loss_n, s.step, lr)
         if spec.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
         optimizer.step()
-        method.on_step(model, step)  # e.g. AdaLoRA's rank allocation, which reads this step's gradients
+        method.on_step(model, s.step)  # e.g. AdaLoRA's rank allocation, which reads this step's gradients
         optimizer.zero_grad(set_to_none=True)
 
         # Measurement: FLOPs were counted around forward + backward, tokens as batches were drawn;
         # the budget's share spent follows from them and the training clock.
-        progress = budget.progress(step, meter.total, clock.seconds)
+        s.progress = budget.progress(s.step, meter.total, clock.seconds)
         scheduler.step()  # after `progress`, which a FLOPs or seconds budget's schedule follows
-        reporter.step(step)
-        if evals.due(step, progress):
+        reporter.step(s.step)
+        if evals.due(s.step, s.progress):
             with clock.stopped():
-                if not torch.isfinite(loss_sum):
-                    raise diverged(loss_sum / loss_n, step, lr)
-                point = validate(step, batches.tokens, loss_sum.item() / loss_n)
-                curve.append(point)
-                loss_sum.zero_()
-                loss_n = 0
+                if not torch.isfinite(s.loss_sum):
+                    raise diverged(s.loss_sum / s.loss_n, s.step, lr)
+                point = validate(s.step, batches.tokens, s.loss_sum.item() / s.loss_n)
+                s.curve.append(point)
+                s.loss_sum.zero_()
+                s.loss_n = 0
                 score = point.metrics[select]
-                if better(select, score, best_score):
-                    best_step, best_score = step, score
-                    best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+                if better(select, score, s.best_score):
+                    s.best_step, s.best_score = s.step, score
+                    s.best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        if checkpoints and checkpoints.due(s.step, clock.seconds, s.progress):
+            with clock.stopped():  # writing is not training time
+                checkpoints.save(parts, s)
     clock.stop()
 
     tokens = batches.tokens
     if parallel.world_size() > 1:  # the run's measures are all processes' together
         meter.forward_flops, meter.backward_flops = (int(parallel.total(v)) for v in (meter.forward_flops, meter.backward_flops))
         tokens = int(parallel.total(tokens))
-    if best_state is not None:  # restore the validation-selected weights
+    if s.best_state is not None:  # restore the validation-selected weights
         with torch.no_grad():
             named = dict(model.named_parameters())
-            for n, v in best_state.items():
+            for n, v in s.best_state.items():
                 named[n].copy_(v)
-    return TrainOutcome(step, tokens, clock.seconds, eval_clock.seconds, best_step, curve)
+    return TrainOutcome(s.step, tokens, clock.seconds, eval_clock.seconds, s.best_step, s.curve)
