@@ -132,8 +132,10 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=10, help="kill -9 points (spread over a run's life)")
     opts = ap.parse_args()
     import torch
+    import transformers
 
     torch.set_num_threads(1)
+    transformers.logging.set_verbosity_error()  # as peftbench.cli.main() does; CliRunner calls the app itself
     t = Path(tempfile.mkdtemp(prefix="peftbench-reliability-"))
     model = write_tiny_bert(Path(tempfile.mkdtemp(dir=t)))
     data = t / "data"
