@@ -27,6 +27,18 @@ RESULTS_DIR = "./peftbench-results"
 RUN, COMPARE, SWEEP = "run", "compare", "sweep"
 
 
+def _results_dir(value: str | Path) -> Path:
+    """--results-dir as a Path; '' would become '.' and scatter runs in the current folder."""
+    if isinstance(value, str) and not value.strip():
+        raise typer.BadParameter(f"the results folder is empty ({value!r}); give a folder, e.g. --results-dir {RESULTS_DIR}")
+    return Path(value)
+
+
+def results_dir_option(help: str = "Results folder.") -> Any:
+    """The --results-dir option every command that reads or writes the store takes."""
+    return typer.Option(RESULTS_DIR, help=help, parser=_results_dir)
+
+
 def _pairs(items: list[str], flag: str, example: str) -> list[tuple[str, str]]:
     pairs = []
     for item in items:
@@ -89,11 +101,12 @@ class Flag:
     commands: tuple[str, ...] = (RUN, COMPARE)
     help_for: Mapping[str, str] = field(default_factory=dict)  # a command's own wording, where it differs
     to_config: Callable[[Any], Any] | None = None  # the key's value from the flag's (default: the same)
+    parser: Callable[[str], Any] | None = None  # checks and converts the text given
 
     def option(self, command: str) -> Any:
         decls = (f"--{self.name.replace('_', '-')}", self.short) if self.short else ()
         default = list(self.default) if isinstance(self.default, list) else self.default
-        return typer.Option(default, *decls, help=self.help_for.get(command, self.help))
+        return typer.Option(default, *decls, help=self.help_for.get(command, self.help), parser=self.parser)
 
 
 ALL = (RUN, COMPARE, SWEEP)
@@ -135,7 +148,8 @@ FLAGS: list[Flag] = [
     Flag("seed", Optional[int], "train.seed", "Random seed."),
     Flag("force", bool, None, "Re-run configs that already finished.", default=False, commands=ALL,
          help_for={RUN: "Re-run even if this exact config already finished."}),
-    Flag("results_dir", Path, None, "Results folder (SQLite + run folders).", default=RESULTS_DIR, commands=ALL),
+    Flag("results_dir", Path, None, "Results folder (SQLite + run folders).", default=RESULTS_DIR, commands=ALL,
+         parser=_results_dir),
     Flag("report_to", Optional[str], None, "Also log runs to tensorboard, mlflow and/or wandb (comma-separated; offline, under the results folder).",
          commands=ALL, help_for={SWEEP: "Also log runs to tensorboard, mlflow and/or wandb (offline)."}),
 ]

@@ -192,6 +192,9 @@ def load(path: Path) -> tuple[str, list[Layer], list[list[Layer]]]:
             raise UserError(f"sweep file '{path}': unknown key '{key}'{suggest(str(key), TOP_KEYS)}; "
                             f"a sweep file has {', '.join(TOP_KEYS)} (run settings go under base:)")
     base, axes = data.get("base") or {}, data.get("axes") or {}
+    if not base and not axes and "seeds" not in data:  # else one default LoRA job would start unasked
+        raise UserError(f"sweep file '{path}' is empty (no base:, axes: or seeds:); give at least base: with a run "
+                        "config and axes: with the values to vary, e.g. axes: {train.lr: [1.0e-4, 1.0e-3]}")
     if not isinstance(base, dict):
         raise UserError(f"sweep file '{path}': base: must be a run config mapping (model:, task:, method:, train:)")
     if not isinstance(axes, dict):
