@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Optional
 import typer
 import yaml
 
-from peftbench.config import deep_merge, load_yaml, nest
+from peftbench.config import deep_merge, load_yaml, nest, parse_yaml
 from peftbench.errors import UserError
 
 DEFAULT_METHODS = "base,head,full,lora,ia3,prompt"
@@ -44,25 +44,28 @@ def _pairs(items: list[str], flag: str, example: str) -> list[tuple[str, str]]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UserError(f"{flag} '{item}' is not KEY=VALUE; write it like {flag} {example}")
+            raise UserError(f"{flag} {item!r} is not KEY=VALUE; write it like {flag} {example}")
         pairs.append((key.strip(), value.strip()))
     return pairs
 
 
+def _yaml_value(flag: str, item: str, value: str, example: str) -> Any:
+    """A flag's KEY=VALUE value read as YAML (numbers, lists, true/false), refused in one line if it is not."""
+    try:
+        return parse_yaml(value)
+    except yaml.YAMLError:
+        raise UserError(f"{flag} {item!r}: the value is not valid YAML; check its brackets and quotes "
+                        f"(e.g. {flag} '{example}')") from None
+
+
 def _params(items: list[str]) -> dict[str, Any]:
-    """--param KEY=VALUE as method.params; values are YAML (numbers, lists, true/false)."""
+    """--param KEY=VALUE as method.params."""
     params = {}
     for item in items:
         if "=" not in item:
-            raise UserError(f"--param '{item}' must look like KEY=VALUE (e.g. --param r=16)")
+            raise UserError(f"--param {item!r} must look like KEY=VALUE (e.g. --param r=16)")
         k, v = item.split("=", 1)
-        try:
-            params[k.strip()] = yaml.safe_load(v)
-        except yaml.YAMLError:
-            raise UserError(
-                f"--param '{item}': the value is not valid YAML; check its brackets and quotes "
-                "(e.g. --param 'target_modules=[query, value]')"
-            ) from None
+        params[k.strip()] = _yaml_value("--param", item, v, "target_modules=[query, value]")
     return params
 
 
@@ -75,13 +78,14 @@ def _columns(items: list[str]) -> dict[str, str]:
     for role, name in _pairs(items, "--column", "target=summary"):
         role = role.replace("-", "_")
         if role not in roles:
-            raise UserError(f"--column: unknown role '{role}'; roles: {', '.join(roles)}")
+            raise UserError(f"--column: unknown role {role!r}; roles: {', '.join(roles)}")
         columns[f"{role}_column"] = name
     return columns
 
 
 def _generation(items: list[str]) -> dict[str, Any]:
-    return {key: yaml.safe_load(value) if value else value for key, value in _pairs(items, "--generation", "num_beams=4")}
+    return {key: _yaml_value("--generation", f"{key}={value}", value, "num_beams=4") if value else value
+            for key, value in _pairs(items, "--generation", "num_beams=4")}
 
 
 def _only_if_set(on: bool) -> bool | None:

@@ -70,6 +70,9 @@ def read_file(path: Path) -> Dataset:
     except UnicodeDecodeError:
         raise UserError(f"cannot read data file '{path}': it is not UTF-8 text ({_bad_byte(path)}); "
                         "re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    except OverflowError:
+        raise UserError(f"cannot read data file '{path}': a number is too large for a 64-bit column; "
+                        "write it as text (quoted) or make it smaller") from None
     except (pd.errors.ParserError, ValueError, TypeError, OSError, pa.ArrowException) as err:
         # ArrowException: values pyarrow cannot put in one typed column (ArrowInvalid is also a ValueError)
         raise UserError(f"cannot read data file '{path}': {_one_line(err)}; fix the file") from None
