@@ -18,7 +18,7 @@ from peftbench.config import DataSpec, DuplicateKey, RunConfig, TaskSpec, _numer
 from peftbench.errors import UserError
 from peftbench.tasks import REGISTRY
 from conftest import make_rows, write_csv
-from test_bad_input import assert_nothing_stored, assert_refused, invoke
+from test_bad_input import assert_nothing_stored, assert_refused, invoke, split_files
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -239,3 +239,38 @@ def test_a_config_file_that_is_not_utf8_is_refused(res: Path, tmp_path: Path) ->
     (tmp_path / "run.yaml").write_bytes("train: {steps: 2}\n# café\n".encode("latin-1"))
     assert_refused(invoke("run", "--config", tmp_path / "run.yaml", "--results-dir", res), "run.yaml", "UTF-8",
                    results_dir=res)
+
+
+# -- found by tests/test_fuzz_inputs.py ----------------------------------------------------
+
+
+@pytest.mark.parametrize("text, words", [
+    ("base: {train: {steps: 1}}\nseeds: 100000000000\n", ("seeds: 100000000000", "more than 10000")),
+    ("base: {train: {steps: 1}}\naxes:\n" + "".join(f"  study{i}: [{', '.join('{train: {seed: %d}}' % j for j in range(10))}]\n" for i in range(5)),
+     ("100000 runs", "more than 10000")),
+    ("base: {train: {steps: 1}}\naxes:\n  method:\n    - {name: lora, grid: {r: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], "
+     "alpha: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], dropout: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0.1], "
+     "target_modules: [a, b, c, d, e, f, g, h, i, j]}}\n", ("grid", "more than 10000")),
+])
+def test_a_sweep_that_expands_beyond_reason_is_refused_at_once(text: str, words: tuple, res: Path, tmp_path: Path) -> None:
+    (tmp_path / "sweep.yaml").write_text(text)
+    assert_refused(invoke("sweep", tmp_path / "sweep.yaml", "--results-dir", res), *words, results_dir=res)
+
+
+@pytest.mark.parametrize("flag, value", [("--generation", "num_beams=,"), ("--generation", "top_k=[1"),
+                                         ("--param", "r={a: 1, a: 2}"), ("--param", "\n")])
+def test_a_flag_value_that_is_not_yaml_is_one_line(flag: str, value: str, quick: list[str], res: Path) -> None:
+    assert_refused(invoke(*quick, flag, value), flag, results_dir=res)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_number_beyond_64_bits_in_a_data_file_is_refused(suffix: str, tiny_model: str, res: Path,
+                                                           tmp_path: Path) -> None:
+    rows = [{**r, "label": 2**64 + i % 2} for i, r in enumerate(make_rows(24, 1))]
+    train = tmp_path / f"train{suffix}"
+    if suffix == ".csv":
+        write_csv(train, rows)
+    else:
+        train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert_refused(invoke("run", "--model", tiny_model, *split_files(tmp_path, train=train), "--results-dir", res),
+                   f"train{suffix}", "too large", results_dir=res)
