@@ -274,3 +274,8 @@ def test_a_number_beyond_64_bits_in_a_data_file_is_refused(suffix: str, tiny_mod
         train.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert_refused(invoke("run", "--model", tiny_model, *split_files(tmp_path, train=train), "--results-dir", res),
                    f"train{suffix}", "too large", results_dir=res)
+
+
+def test_compare_refuses_an_absurd_seed_count_before_allocating_it(res: Path) -> None:
+    assert_refused(invoke("compare", "--methods", "lora", "--seeds", "100000000000", "--results-dir", res), "--seeds",
+                   "10000", results_dir=res)
