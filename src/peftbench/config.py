@@ -6,10 +6,12 @@ A RunConfig is everything that determines a run's result; its hash keys the stor
 from __future__ import annotations
 
 from pathlib import Path
+import types
+import typing
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from peftbench.errors import UserError, suggest
 
@@ -17,8 +19,26 @@ DEFAULT_MODEL = "default"  # the bundled all-MiniLM-L6-v2
 DEFAULT_DATA = "builtin:tweet_eval_emotion"
 
 
+def _numeric(annotation: Any) -> bool:
+    """True for int / float fields (optional or not); bool is an int to Python, so YAML's true would pass."""
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        return bool not in args and any(_numeric(a) for a in args)
+    return False
+
+
 class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads true as 1: `steps: true` would train one step.
+        if isinstance(value, bool) and info.field_name and _numeric(cls.model_fields[info.field_name].annotation):
+            raise ValueError("must be a number, not true/false")
+        return value
 
 
 class ModelSpec(Spec):
@@ -197,7 +217,13 @@ def load_yaml(path: str | Path, kind: str = "config file", flag: str = "--config
     if not p.is_file():
         raise UserError(f"{kind} '{p}' does not exist; check the path given to {flag}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = parse_yaml(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise UserError(f"{kind} '{p}' is not UTF-8 text (bad byte at offset {err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise UserError(f"cannot read {kind} '{p}': {err.strerror or err}; check its permissions") from None
+    except DuplicateKey as dup:
+        raise UserError(f"{kind} '{p}' repeats the key '{dup.key}' (line {dup.line}); keep one of them") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
@@ -210,6 +236,35 @@ def load_yaml(path: str | Path, kind: str = "config file", flag: str = "--config
             "--trust-remote-code on the command line (peftbench run / compare) if you trust the model's code"
         )
     return data
+
+
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"duplicate key {key!r} at line {line}")
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping holding a key twice (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise DuplicateKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                pass
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """yaml.safe_load, refusing duplicate keys at any depth (DuplicateKey, a YAMLError)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def _asks_remote_code(node: Any) -> bool:

@@ -25,7 +25,8 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 120, markup=Fa
 DEBUG = {"on": os.environ.get("PEFTBENCH_DEBUG", "") not in ("", "0")}  # set by --debug
 
 
-def say_error(line: str) -> None:
+def say_error(message: str) -> None:
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())  # a path may hold a newline
     err.print(Text.assemble(("error:", "bold red"), " ", line), highlight=False, soft_wrap=True)
 
 

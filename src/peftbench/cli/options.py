@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Optional
 import typer
 import yaml
 
-from peftbench.config import deep_merge, load_yaml, nest
+from peftbench.config import deep_merge, load_yaml, nest, parse_yaml
 from peftbench.errors import UserError
 
 DEFAULT_METHODS = "base,head,full,lora,ia3,prompt"
@@ -27,30 +27,45 @@ RESULTS_DIR = "./peftbench-results"
 RUN, COMPARE, SWEEP = "run", "compare", "sweep"
 
 
+def _results_dir(value: str | Path) -> Path:
+    """--results-dir as a Path; '' would become '.' and scatter runs in the current folder."""
+    if isinstance(value, str) and not value.strip():
+        raise typer.BadParameter(f"the results folder is empty ({value!r}); give a folder, e.g. --results-dir {RESULTS_DIR}")
+    return Path(value)
+
+
+def results_dir_option(help: str = "Results folder.") -> Any:
+    """The --results-dir option every command that reads or writes the store takes."""
+    return typer.Option(RESULTS_DIR, help=help, parser=_results_dir)
+
+
 def _pairs(items: list[str], flag: str, example: str) -> list[tuple[str, str]]:
     pairs = []
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UserError(f"{flag} '{item}' is not KEY=VALUE; write it like {flag} {example}")
+            raise UserError(f"{flag} {item!r} is not KEY=VALUE; write it like {flag} {example}")
         pairs.append((key.strip(), value.strip()))
     return pairs
 
 
+def _yaml_value(flag: str, item: str, value: str, example: str) -> Any:
+    """A flag's KEY=VALUE value read as YAML (numbers, lists, true/false), refused in one line if it is not."""
+    try:
+        return parse_yaml(value)
+    except yaml.YAMLError:
+        raise UserError(f"{flag} {item!r}: the value is not valid YAML; check its brackets and quotes "
+                        f"(e.g. {flag} '{example}')") from None
+
+
 def _params(items: list[str]) -> dict[str, Any]:
-    """--param KEY=VALUE as method.params; values are YAML (numbers, lists, true/false)."""
+    """--param KEY=VALUE as method.params."""
     params = {}
     for item in items:
         if "=" not in item:
-            raise UserError(f"--param '{item}' must look like KEY=VALUE (e.g. --param r=16)")
+            raise UserError(f"--param {item!r} must look like KEY=VALUE (e.g. --param r=16)")
         k, v = item.split("=", 1)
-        try:
-            params[k.strip()] = yaml.safe_load(v)
-        except yaml.YAMLError:
-            raise UserError(
-                f"--param '{item}': the value is not valid YAML; check its brackets and quotes "
-                "(e.g. --param 'target_modules=[query, value]')"
-            ) from None
+        params[k.strip()] = _yaml_value("--param", item, v, "target_modules=[query, value]")
     return params
 
 
@@ -63,13 +78,14 @@ def _columns(items: list[str]) -> dict[str, str]:
     for role, name in _pairs(items, "--column", "target=summary"):
         role = role.replace("-", "_")
         if role not in roles:
-            raise UserError(f"--column: unknown role '{role}'; roles: {', '.join(roles)}")
+            raise UserError(f"--column: unknown role {role!r}; roles: {', '.join(roles)}")
         columns[f"{role}_column"] = name
     return columns
 
 
 def _generation(items: list[str]) -> dict[str, Any]:
-    return {key: yaml.safe_load(value) if value else value for key, value in _pairs(items, "--generation", "num_beams=4")}
+    return {key: _yaml_value("--generation", f"{key}={value}", value, "num_beams=4") if value else value
+            for key, value in _pairs(items, "--generation", "num_beams=4")}
 
 
 def _only_if_set(on: bool) -> bool | None:
@@ -89,11 +105,12 @@ class Flag:
     commands: tuple[str, ...] = (RUN, COMPARE)
     help_for: Mapping[str, str] = field(default_factory=dict)  # a command's own wording, where it differs
     to_config: Callable[[Any], Any] | None = None  # the key's value from the flag's (default: the same)
+    parser: Callable[[str], Any] | None = None  # checks and converts the text given
 
     def option(self, command: str) -> Any:
         decls = (f"--{self.name.replace('_', '-')}", self.short) if self.short else ()
         default = list(self.default) if isinstance(self.default, list) else self.default
-        return typer.Option(default, *decls, help=self.help_for.get(command, self.help))
+        return typer.Option(default, *decls, help=self.help_for.get(command, self.help), parser=self.parser)
 
 
 ALL = (RUN, COMPARE, SWEEP)
@@ -136,7 +153,8 @@ FLAGS: list[Flag] = [
     Flag("seed", Optional[int], "train.seed", "Random seed."),
     Flag("force", bool, None, "Re-run configs that already finished.", default=False, commands=ALL,
          help_for={RUN: "Re-run even if this exact config already finished."}),
-    Flag("results_dir", Path, None, "Results folder (SQLite + run folders).", default=RESULTS_DIR, commands=ALL),
+    Flag("results_dir", Path, None, "Results folder (SQLite + run folders).", default=RESULTS_DIR, commands=ALL,
+         parser=_results_dir),
     Flag("report_to", Optional[str], None, "Also log runs to tensorboard, mlflow and/or wandb (comma-separated; offline, under the results folder).",
          commands=ALL, help_for={SWEEP: "Also log runs to tensorboard, mlflow and/or wandb (offline)."}),
 ]

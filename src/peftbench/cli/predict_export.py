@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from peftbench.cli.common import friendly, out
-from peftbench.cli.options import RESULTS_DIR
+from peftbench.cli.options import results_dir_option
 from peftbench.errors import UserError
 
 Opt = typer.Option
@@ -20,7 +20,7 @@ def export_cmd(
     run_id: str = typer.Argument(..., help="Run id or config hash (a unique prefix is enough)."),
     out_dir: Path = typer.Argument(..., help="New folder to write."),
     merge: bool = Opt(False, help="Write a plain Hugging Face model with the adapter merged in (checked within 1e-4)."),
-    results_dir: Path = Opt(RESULTS_DIR, help="Results folder."),
+    results_dir: Path = results_dir_option(),
     json_out: bool = Opt(False, "--json", help="Print what was written as JSON."),
 ) -> None:
     """Write a stored run's adapter folder, or with --merge a merged plain model."""
@@ -44,7 +44,7 @@ def predict_cmd(
     texts: Optional[list[str]] = typer.Argument(None, help="Inputs (image paths for image runs)."),
     file: Optional[Path] = Opt(None, "--file", help="CSV/JSON/JSONL/Parquet with the run's input columns."),
     out_file: Optional[Path] = Opt(None, "--out", help="Also write inputs + predictions as JSONL."),
-    results_dir: Path = Opt(RESULTS_DIR, help="Results folder."),
+    results_dir: Path = results_dir_option(),
 ) -> None:
     """Predict with a stored run: label names, generated text, or the chosen answer."""
     from peftbench.predict import predict_command

@@ -8,14 +8,14 @@ from typing import Optional
 import typer
 
 from peftbench.cli.common import friendly, out
-from peftbench.cli.options import RESULTS_DIR
+from peftbench.cli.options import results_dir_option
 
 Opt = typer.Option
 
 
 @friendly
 def report_cmd(
-    results_dir: Path = Opt(RESULTS_DIR, help="Results folder."),
+    results_dir: Path = results_dir_option(),
     html: Optional[Path] = Opt(None, "--html", help="Write one self-contained HTML report (plots, sortable tables, samples, configs)."),
     csv: Optional[Path] = Opt(None, "--csv", help="Write the comparison as CSV (one row per method cell)."),
     json_path: Optional[Path] = Opt(None, "--json", help="Write the whole aggregate as JSON."),

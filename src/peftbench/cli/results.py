@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from peftbench.cli.common import err, friendly, out
-from peftbench.cli.options import RESULTS_DIR
+from peftbench.cli.options import results_dir_option
 from peftbench.errors import UserError
 
 Opt = typer.Option
@@ -19,7 +19,7 @@ results_app = typer.Typer(help="List and show stored runs.", invoke_without_comm
 @friendly
 def results_list(
     ctx: typer.Context,
-    results_dir: Path = Opt(RESULTS_DIR, help="Results folder."),
+    results_dir: Path = results_dir_option(),
     json_out: bool = Opt(False, "--json", help="Print as JSON."),
     rebuild: bool = Opt(False, "--rebuild", help="Rebuild a damaged or lost index (results.sqlite) from the run "
                         "folders; the damaged file is kept aside."),
@@ -57,7 +57,7 @@ def rebuilt_index(results_dir: Path) -> None:
 @friendly
 def results_show(
     run_id: str = typer.Argument(..., help="Run id or config hash (a unique prefix is enough)."),
-    results_dir: Path = Opt(RESULTS_DIR, help="Results folder."),
+    results_dir: Path = results_dir_option(),
     json_out: bool = Opt(False, "--json", help="Print as JSON."),
 ) -> None:
     """Show one stored run: config, metrics, costs and its validation curve."""

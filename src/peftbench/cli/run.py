@@ -73,7 +73,7 @@ def run_cmd(
 def compare_cmd(
     methods: str = Opt(DEFAULT_METHODS, "--methods", help="Comma-separated methods to compare."),
     config: Optional[Path] = Opt(None, "--config", "-c", help="YAML base config; may list methods: [...] (entries may carry lr_grid: [...])."),
-    seeds: int = Opt(1, "--seeds", min=1, help="Run every method with N seeds (--seed, --seed+1, ...); tables show mean ± 95% CI."),
+    seeds: int = Opt(1, "--seeds", min=1, max=10_000, help="Run every method with N seeds (--seed, --seed+1, ...); tables show mean ± 95% CI."),
     budget: str = Opt("flops", "--budget", help="flops: every method gets the training FLOPs the reference method spends in --steps/--epochs (default); steps: the same steps for all."),
     reference: Optional[str] = Opt(None, "--reference", help="Method whose steps set the FLOPs budget (default lora if compared, else the first training method)."),
     lr_grid: Optional[str] = Opt(None, "--lr-grid", help="Search each method's learning rate on validation first: 'auto' (its default x 1/3, 1, 3) or rates like 1e-4,1e-3."),

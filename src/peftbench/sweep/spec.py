@@ -15,6 +15,7 @@ raised before anything runs.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ SECTIONS = ("model", "task", "method", "train", "measure")
 SHORTHAND = {"model": "name", "task": "kind", "method": "name"}  # `method: [lora]` -> {name: lora}
 REPLACED = ("model", "method")  # a different model/method starts from its defaults, not base's
 BUDGETS = ("steps", "epochs", "flops", "seconds")
+MAX_RUNS = 10_000
 
 
 @dataclass
@@ -104,6 +106,8 @@ def _method_entries(entry: Any, where: str) -> list[dict[str, Any]]:
     for k, values in grid.items():
         if not isinstance(values, list) or not values:
             raise UserError(f"{where}: grid '{k}' must be a non-empty list of values, e.g. {k}: [4, 8]")
+    if math.prod(len(v) for v in grid.values()) > MAX_RUNS:
+        raise UserError(f"{where}: the grid makes more than {MAX_RUNS} runs; give fewer values")
     out = []
     for combo in itertools.product(*grid.values()):
         p = {**params, **dict(zip(grid, combo))}
@@ -192,12 +196,17 @@ def load(path: Path) -> tuple[str, list[Layer], list[list[Layer]]]:
             raise UserError(f"sweep file '{path}': unknown key '{key}'{suggest(str(key), TOP_KEYS)}; "
                             f"a sweep file has {', '.join(TOP_KEYS)} (run settings go under base:)")
     base, axes = data.get("base") or {}, data.get("axes") or {}
+    if not base and not axes and "seeds" not in data:  # else one default LoRA job would start unasked
+        raise UserError(f"sweep file '{path}' is empty (no base:, axes: or seeds:); give at least base: with a run "
+                        "config and axes: with the values to vary, e.g. axes: {train.lr: [1.0e-4, 1.0e-3]}")
     if not isinstance(base, dict):
         raise UserError(f"sweep file '{path}': base: must be a run config mapping (model:, task:, method:, train:)")
     if not isinstance(axes, dict):
         raise UserError(f"sweep file '{path}': axes: must be a mapping of axis name: list of values")
     if "seeds" in data:
         seeds = data["seeds"]
+        if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > MAX_RUNS:
+            raise UserError(f"sweep file '{path}': seeds: {seeds} is more than {MAX_RUNS} runs; give a smaller count")
         if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1:
             seeds = list(range(seeds))
         if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
@@ -234,8 +243,11 @@ def expand(path: str | Path) -> Sweep:
     name, base, axes = load(path)
     runs: list[SweepRun] = []
     seen: set[str] = set()
-    combos = list(itertools.product(*axes))
     sizes = [len(a) for a in axes]
+    if math.prod(sizes) > MAX_RUNS:  # a typo (seeds: 10000000) must not expand for hours
+        raise UserError(f"sweep file '{path}' expands to {math.prod(sizes)} runs, more than {MAX_RUNS}; "
+                        "use fewer axis values or split it into several sweeps")
+    combos = list(itertools.product(*axes))
     for n, combo in enumerate(combos, 1):
         layers = [*base, *combo]
         raw: dict[str, Any] = {}

@@ -200,6 +200,7 @@ class Task(ABC):
 
     def require_columns(self, columns: dict[str, list[str]], roles: list[str]) -> None:
         """Refuse a split that lacks the column of a role. `columns`: split -> its column names."""
+        self.require_distinct_columns()
         for split, cols in columns.items():
             for role in roles:
                 col = self.column(role)
@@ -209,6 +210,15 @@ class Task(ABC):
                         f"{role.replace('_', ' ')} column '{col}' is missing from the {split} split "
                         f"(columns: {', '.join(cols)}); pass {flag}"
                     )
+
+    def require_distinct_columns(self) -> None:
+        """Refuse two roles read from one column: `--text-column label` would train on the answers."""
+        seen: dict[str, str] = {}
+        for r in self.column_roles:
+            col = self.column(r.name)
+            if col is not None and seen.setdefault(col, r.name) != r.name:
+                raise UserError(f"the {seen[col]} and {r.name} roles both read column '{col}'; give each role its own "
+                                f"column (--column {seen[col]}=NAME or --column {r.name}=NAME)")
 
     def check_family(self, family: str, model_name: str) -> None:
         if family not in self.families:

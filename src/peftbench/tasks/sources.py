@@ -24,19 +24,24 @@ SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "val
 CARVE_SEED = 0
 
 
+def builtin_names() -> list[str]:
+    return sorted(p.name for p in (resources.files("peftbench") / "data").iterdir()
+                  if p.is_dir() and not p.name.startswith(("_", ".")))
+
+
 def builtin_dir(name: str) -> Path:
-    root = resources.files("peftbench") / "data" / name
-    if not root.is_dir():
-        known = sorted(p.name for p in (resources.files("peftbench") / "data").iterdir() if p.is_dir())
-        raise UserError(f"unknown built-in dataset '{name}'; known: {', '.join(known)}")
-    return Path(str(root))
+    # Only a listed name: '' or '../x' would otherwise resolve to some folder and read as "no train split".
+    if name not in builtin_names():
+        what = f"unknown built-in dataset '{name}'" if name.strip() else "no built-in dataset named after 'builtin:'"
+        raise UserError(f"{what}; known: {', '.join(builtin_names())} (e.g. --data builtin:tweet_eval_emotion)")
+    return Path(str(resources.files("peftbench") / "data" / name))
 
 
 def builtin_columns(spec: DataSpec) -> dict[str, str]:
     """A built-in dataset's column names by role (its columns.json), so no flags are needed."""
     if not spec.source.startswith("builtin:") or spec.train_file or spec.test_file:
         return {}
-    f = resources.files("peftbench") / "data" / spec.source[8:] / "columns.json"
+    f = builtin_dir(spec.source[8:]) / "columns.json"
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
@@ -62,13 +67,26 @@ def read_file(path: Path) -> Dataset:
         return Dataset.from_pandas(df, preserve_index=False)
     except UserError:
         raise
-    except UnicodeDecodeError as err:
-        raise UserError(
-            f"cannot read data file '{path}': it is not UTF-8 text (bad byte at offset {err.start}); save it as UTF-8"
-        ) from None
+    except UnicodeDecodeError:
+        raise UserError(f"cannot read data file '{path}': it is not UTF-8 text ({_bad_byte(path)}); "
+                        "re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    except OverflowError:
+        raise UserError(f"cannot read data file '{path}': a number is too large for a 64-bit column; "
+                        "write it as text (quoted) or make it smaller") from None
     except (pd.errors.ParserError, ValueError, TypeError, OSError, pa.ArrowException) as err:
         # ArrowException: values pyarrow cannot put in one typed column (ArrowInvalid is also a ValueError)
         raise UserError(f"cannot read data file '{path}': {_one_line(err)}; fix the file") from None
+
+
+def _bad_byte(path: Path) -> str:
+    """Where a file's first non-UTF-8 byte is: pandas reports offsets within its read buffer, not the file."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        return f"bad byte 0x{data[err.start]:02x} at file offset {err.start}, line {line}"
+    return "a bad byte"
 
 
 def _one_line(err: BaseException) -> str:
