@@ -89,7 +89,7 @@ def scratch(t: Path, model: str) -> None:
     (t / "remote.yaml").write_text(f"model: {{name: {model}, trust_remote_code: true}}\n")
     (t / "remote_sweep.yaml").write_text(f"base: {{model: {{name: {model}, trust_remote_code: true}}}}\naxes: {{}}\n")
     (t / "dupkeys.yaml").write_text(f"model: {{name: {model}}}\ntrain: {{steps: 2}}\ntrain: {{steps: 3}}\n")
-    (t / "steps_true.yaml").write_text(f"model: {{name: {model}}}\ntrain: {{steps: true}}\n")
+    (t / "steps_true.yaml").write_text(f"model: {{name: {model}}}\ntrain: {{grad_accum: true}}\n")  # not a flag below
     (t / "empty.yaml").write_text("")
 
 
@@ -124,7 +124,7 @@ def one_line(p: subprocess.Popen, timeout: float = 600) -> str:
     errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
     if "Traceback" in err:
         return "traceback"
-    return "clean refusal" if p.returncode == 2 and len(errors) == 1 else f"exit {p.returncode}"
+    return f"clean refusal ({errors[0][:150]})" if p.returncode == 2 and len(errors) == 1 else f"exit {p.returncode}"
 
 
 def main() -> None:
@@ -194,7 +194,7 @@ def main() -> None:
             db.unlink()
         else:
             db.write_bytes({"zeroed": b"", "truncated": raw[: len(raw) // 2], "garbled": os.urandom(100) + raw[100:]}[how])
-        refused = one_line(cli(["results", "--results-dir", str(res)], t))
+        refused = one_line(cli(["results", "--results-dir", str(res)], t)).split(" (")[0]
         rebuilt = cli(["results", "--rebuild", "--results-dir", str(res)], t)
         rebuilt.communicate()
         back = rebuilt.returncode == 0 and all(snapshot(res).get(k) == v for k, v in known.items())
