@@ -42,7 +42,8 @@ def test_flag_names_are_unique_and_run_and_compare_share_the_rest() -> None:
     names = [f.name for f in FLAGS]
     assert len(names) == len(set(names))
     assert {f.name for f in keyed(COMPARE)} <= {f.name for f in keyed(RUN)}
-    assert {f.name for f in flags_for(SWEEP)} == {"force", "results_dir", "report_to"}  # a sweep file holds its configs
+    # A sweep file holds its configs; remote code can only be allowed on the command line.
+    assert {f.name for f in flags_for(SWEEP)} == {"force", "results_dir", "report_to", "trust_remote_code"}
 
 
 @pytest.mark.parametrize("f", [f for f in FLAGS if f.key], ids=lambda f: f.name)

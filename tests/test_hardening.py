@@ -138,3 +138,18 @@ def test_ctrl_c_names_the_interrupted_run_and_how_to_resume(tiny_config: dict, t
     assert row.status == "interrupted"
     assert f"interrupted: run {row.run_id} marked interrupted; rerun the same command to resume" in stderr
     assert "Traceback" not in stderr
+
+
+def test_sweep_allows_remote_code_only_from_its_command_line(tiny_config: dict, tmp_path: Path) -> None:
+    from peftbench.sweep.spec import expand
+
+    sweep = {"base": tiny_config, "seeds": [0, 1]}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    assert not any(r.config.model.trust_remote_code for r in expand(tmp_path / "sweep.yaml").runs)
+    allowed = expand(tmp_path / "sweep.yaml", trust_remote_code=True).runs
+    assert len(allowed) == 2 and all(r.config.model.trust_remote_code for r in allowed)
+    res = tmp_path / "res"
+    done = invoke("sweep", tmp_path / "sweep.yaml", "--results-dir", res, "--trust-remote-code")
+    assert done.exit_code == 0, done.output
+    with Store(res) as store:
+        assert [r.config["model"]["trust_remote_code"] for r in store.list("done")] == [True, True]

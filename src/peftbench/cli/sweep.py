@@ -27,6 +27,7 @@ def sweep_cmd(
     from peftbench.track import parse_kinds
 
     summary = run_sweep(file, opts["results_dir"], workers=workers, backend=backend, address=address, force=opts["force"],
-                        log=lambda line: out.print(line, highlight=False), report_to=parse_kinds(opts["report_to"]))
+                        log=lambda line: out.print(line, highlight=False), report_to=parse_kinds(opts["report_to"]),
+                        trust_remote_code=opts["trust_remote_code"])
     if summary.failed:
         raise typer.Exit(1)

@@ -61,12 +61,14 @@ def _line(o: Outcome) -> str:
 def run_sweep(
     path: Path, results_dir: Path, workers: int = 1, backend: str = "local", address: str | None = None,
     force: bool = False, log: Callable[[str], None] = print, report_to: list[str] | None = None,
+    trust_remote_code: bool = False,
 ) -> SweepSummary:
     """Run every config of a sweep file not yet done; returns what became of each.
 
     workers == 1 runs in this process; more runs that many worker processes (local) or caps
     a local Ray's CPUs (ray). `address` joins an existing Ray cluster. `force` re-runs done configs.
     `report_to` mirrors each run to trackers (tensorboard, mlflow, wandb), as `run --report-to` does.
+    `trust_remote_code` (from the command line only) lets every run's model run its repository's code.
     """
     from peftbench.track import check_trackers
 
@@ -82,7 +84,7 @@ def run_sweep(
 
         require_ray()  # before anything runs
     t0 = time.perf_counter()
-    sweep = expand(path)
+    sweep = expand(path, trust_remote_code)
     results_dir = Path(results_dir)
     done = {} if force else _done_runs(sweep, results_dir)
     total = len(sweep.runs)

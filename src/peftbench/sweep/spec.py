@@ -235,8 +235,10 @@ def _label(cfg: RunConfig, combo: tuple[Layer, ...], sizes: list[int]) -> str:
     return " ".join([cfg.method.name, *(s for (_, _, s), n in zip(combo, sizes) if n > 1 and s)])
 
 
-def expand(path: str | Path) -> Sweep:
-    """Every run of a sweep file, validated, normalized and deduplicated by config hash."""
+def expand(path: str | Path, trust_remote_code: bool = False) -> Sweep:
+    """Every run of a sweep file, validated, normalized and deduplicated by config hash.
+
+    trust_remote_code: given on the sweep's command line (a file can never set it)."""
     from peftbench.runner import config_hash, normalize
 
     path = Path(path)
@@ -253,6 +255,8 @@ def expand(path: str | Path) -> Sweep:
         raw: dict[str, Any] = {}
         for _, partial, _ in layers:
             raw = _merge(raw, partial)
+        if trust_remote_code:
+            raw = _merge(raw, {"model": {"trust_remote_code": True}})
         desc = " + ".join(_flow(partial) for _, partial, _ in combo) or "base only"
         try:
             cfg = RunConfig.model_validate(raw)
