@@ -238,3 +238,23 @@ def test_report_notes_other_versions_and_deleted_folders(copy: tuple[Path, str, 
     for text in (" ".join(shown.stdout.split()), md.read_text(), html.read_text()):
         assert "across torch versions: 2.12.1 (1 run), 2.13" in text
         assert f"1 run folder(s) deleted ({run_id})" in text
+
+
+def test_a_full_disk_with_a_pending_log_is_not_called_damage(copy: tuple[Path, str, dict], tmp_path: Path) -> None:
+    """An index whose newest pages are still in its -wal (a writer died) cannot be read from the main
+    file alone; on a full disk that is a disk problem, not damage, and no rebuild is offered."""
+    import sqlite3
+
+    res, run_id, _ = copy
+    db = sqlite3.connect(res / "results.sqlite", isolation_level=None)
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    db.execute("UPDATE runs SET error='touched' WHERE run_id=?", (run_id,))  # a page only the -wal holds
+    frozen = tmp_path / "frozen"
+    shutil.copytree(res, frozen)  # as a killed writer leaves it: -wal with pages, -shm
+    db.close()
+    os.remove(frozen / "results.sqlite-shm")
+    assert (frozen / "results.sqlite-wal").stat().st_size > 0
+    proc = limited(["results", "--results-dir", str(frozen), "--json"], 0, tmp_path)
+    # Not a stale snapshot of the main file (it misses the logged pages), not "damaged": a disk problem.
+    line = one_error_line(proc, "disk may be full")
+    assert "rebuild" not in line and "malformed" not in line

@@ -52,11 +52,17 @@ def _quick_check(path: Path) -> list[str]:
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
             return [r[0] for r in db.execute("PRAGMA quick_check").fetchall()]
     except sqlite3.OperationalError as e:
-        if _corrupt(e):
+        if _corrupt(e) or not snapshot_readable(path):
             raise
         # Reading a WAL index creates its -shm file; where nothing can be written, read a snapshot.
         with closing(sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)) as db:
             return [r[0] for r in db.execute("PRAGMA quick_check").fetchall()]
+
+
+def snapshot_readable(path: Path) -> bool:
+    """True when the index file alone holds everything: no write-ahead log with pages not yet in it."""
+    wal = Path(f"{path}-wal")
+    return not wal.exists() or wal.stat().st_size == 0
 
 
 def check(root: Path) -> None:

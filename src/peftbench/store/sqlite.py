@@ -131,7 +131,7 @@ class Store:
             self.db.executescript(SCHEMA)
             self._reap()
         except (sqlite3.OperationalError, OSError):
-            if not read_only:
+            if not read_only or not integrity.snapshot_readable(self.root / integrity.INDEX):
                 raise
             self.db = sqlite3.connect(f"file:{self.root / integrity.INDEX}?mode=ro&immutable=1", uri=True,
                                       isolation_level=None)
