@@ -30,7 +30,11 @@ ARCHS = {  # arch -> (auto class, kwargs, family, head modules)
     "bert": ("AutoModelForSequenceClassification", {"num_labels": 3}, "encoder", ["classifier"]),
     "gpt2": ("AutoModelForCausalLM", {}, "decoder", []),
     "llama": ("AutoModelForCausalLM", {}, "decoder", []),
+    "t5": ("AutoModelForSeq2SeqLM", {}, "seq2seq", []),
+    "bart": ("AutoModelForSeq2SeqLM", {}, "seq2seq", []),
+    "vit": ("AutoModelForImageClassification", {}, "vision", ["classifier"]),
 }
+TASK_TYPES = {"encoder": "SEQ_CLS", "decoder": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "vision": None}
 METHODS = ["lora", "full", "parallel_adapter", "ia3"]
 _loaded: dict[str, nn.Module] = {}
 
@@ -46,16 +50,19 @@ def model_with(tiny_models, arch: str, method: str, checkpointing: bool) -> nn.M
         torch.manual_seed(0)
         _loaded[arch] = getattr(transformers, auto).from_pretrained(tiny_models(arch), **kwargs)
     torch.manual_seed(1)
-    task_type = "SEQ_CLS" if family == "encoder" else "CAUSAL_LM"
-    model = get_method(method)({}).apply(copy.deepcopy(_loaded[arch]), Context(task_type, tiny_models(arch), 10, family, heads))
+    ctx = Context(TASK_TYPES[family], tiny_models(arch), 10, family, heads)
+    model = get_method(method)({}).apply(copy.deepcopy(_loaded[arch]), ctx)
     if checkpointing:
         grad_checkpointing.enable(model, arch)
     return model.train()
 
 
 def batch(arch: str) -> dict[str, torch.Tensor]:
-    ids = torch.randint(4, 40, (2, 9), generator=torch.Generator().manual_seed(0))
-    labels = torch.tensor([0, 2]) if arch == "bert" else ids
+    g = torch.Generator().manual_seed(0)
+    if arch == "vit":
+        return {"pixel_values": torch.randn(2, 3, 32, 32, generator=g), "labels": torch.tensor([0, 1])}
+    ids = torch.randint(4, 40, (2, 9), generator=g)
+    labels = {"bert": torch.tensor([0, 2]), "t5": ids[:, :5].clone(), "bart": ids[:, :5].clone()}.get(arch, ids)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
@@ -79,8 +86,8 @@ def checkpointed_layers_forward(model: nn.Module, arch: str) -> int:
                for name, m in model.named_modules() if isinstance(m, GradientCheckpointingLayer))
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch,method", [(a, m) for a in ("bert", "gpt2", "llama") for m in METHODS]
+                         + [(a, m) for a in ("t5", "bart", "vit") for m in ("lora", "bottleneck_adapter")])
 def test_same_outputs_gradients_and_model_flops_hardware_flops_add_the_recomputation(tiny_models, arch, method):
     off, loss_off, grads_off = step(model_with(tiny_models, arch, method, False), arch)
     ckpt = model_with(tiny_models, arch, method, True)
