@@ -50,6 +50,14 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def peak_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MFU's CPU peak probe caches its figure (measure/efficiency.py): here, never in the real home folder."""
+    root = tmp_path_factory.mktemp("peftbench-cache")
+    os.environ["PEFTBENCH_CACHE_DIR"] = str(root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer, 32-wide random BERT plus a WordPiece tokenizer over the test words."""

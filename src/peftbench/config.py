@@ -131,6 +131,8 @@ class TrainSpec(Spec):
     # Optimizer steps between mid-run checkpoints, which a killed run resumes from (train/checkpoint.py).
     # None ("auto"): on for runs estimated over 10 minutes; 0: off. Not hashed: it changes no result.
     checkpoint_every: int | None = Field(None, ge=0, strict=True)
+    # Recompute activations in the backward pass (less memory, ~1/3 more compute); hashed only when on.
+    gradient_checkpointing: bool = False
 
     @field_validator("checkpoint_every", mode="before")
     @classmethod
@@ -163,6 +165,13 @@ class MeasureSpec(Spec):
     latency: bool = True  # latency at batch 1 and throughput at batch `latency_batch`, merged too when possible
     latency_batch: int = Field(32, ge=1)
     latency_repeats: int = Field(5, ge=1)
+    # The device's peak TFLOP/s for MFU, replacing the known-GPU table or the CPU probe. Not hashed:
+    # it changes no trained number, and the result records the peak it used.
+    peak_tflops: float | None = Field(None, gt=0.0, allow_inf_nan=False)
+
+
+# Keys added after runs were stored, left out of canonical() while at their default so those runs keep their hash.
+NEW_AT_DEFAULT_UNHASHED = (("train", "gradient_checkpointing"),)
 
 
 class RunConfig(Spec):
@@ -173,8 +182,13 @@ class RunConfig(Spec):
     measure: MeasureSpec = MeasureSpec()
 
     def canonical(self) -> dict[str, Any]:
-        """What determines the result (stored and hashed); how often a run checkpoints changes nothing in it."""
-        return self.model_dump(mode="json", exclude={"train": {"checkpoint_every"}})
+        """What determines the result (stored and hashed); how often a run checkpoints changes nothing in it,
+        nor the peak that MFU divides by."""
+        out = self.model_dump(mode="json", exclude={"train": {"checkpoint_every"}, "measure": {"peak_tflops"}})
+        for section, key in NEW_AT_DEFAULT_UNHASHED:  # keys added later: at their default, old hashes still hold
+            if out[section][key] == type(getattr(self, section)).model_fields[key].default:
+                del out[section][key]
+        return out
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -22,9 +22,10 @@ import peftbench
 from peftbench import models
 from peftbench.config import RunConfig
 from peftbench.errors import Interrupted, UserError
+from peftbench.measure import efficiency
 from peftbench.measure.flops import FlopMeter, shape_key
 from peftbench.measure.latency import measure as measure_latency
-from peftbench.measure.memory import peak_bytes, reset_peak
+from peftbench.measure.memory import peak_bytes, peak_reserved_bytes, reset_peak
 from peftbench.measure.size import count_parameters, dir_bytes
 from peftbench.methods import get_method
 from peftbench.methods.base import Context, Method
@@ -33,7 +34,7 @@ from peftbench.store import folder as run_folder
 from peftbench.store import Costs, Latency, Predictions, RunOutput, RunResult, RunRow, Sample, Store
 from peftbench.tasks import get_task
 from peftbench.track import Tee, check_trackers, open_trackers
-from peftbench.train import optim, parallel
+from peftbench.train import grad_checkpointing, optim, parallel
 from peftbench.train.checkpoint import Checkpoints
 from peftbench.train.loop import Budget, Quiet, Reporter, train
 
@@ -58,6 +59,7 @@ def normalize(cfg: RunConfig) -> tuple[RunConfig, Method]:
     if not method.trains:  # nothing trains, so no rate or budget may split otherwise equal configs
         cfg.train.lr = None
         cfg.train.steps = cfg.train.epochs = cfg.train.flops = cfg.train.seconds = None
+        cfg.train.gradient_checkpointing = False
     elif cfg.train.lr is None:
         cfg.train.lr = optim.default_lr(cfg.train.optimizer, method.default_lr)
     return cfg, method
@@ -120,7 +122,10 @@ def prepare(cfg: RunConfig, method: Method, samples: bool) -> Prepared:
     n_samples = min(cfg.task.samples, task.split_size("test")) if samples and cfg.train.test else 0
     untuned = task.evaluate(model, "test", cfg.train.eval_batch_size, limit=n_samples).predictions if n_samples else []
     method.prepare_task(task)
-    return Prepared(task, method.apply(model, ctx), budget, select, untuned)
+    model = method.apply(model, ctx)
+    if cfg.train.gradient_checkpointing:
+        grad_checkpointing.enable(model, cfg.model.name)
+    return Prepared(task, model, budget, select, untuned)
 
 
 def calibrate_flops(cfg: RunConfig, steps: int | None = None) -> int:
@@ -149,7 +154,7 @@ def calibrate_flops(cfg: RunConfig, steps: int | None = None) -> int:
         if key not in meter.cache:
             meter.train_step(model, {k: v.to(device) for k, v in batch.items()})
             model.zero_grad(set_to_none=True)
-        total += sum(meter.cache[key])
+        total += sum(meter.cache[key][:2])  # model FLOPs: forward + backward, no recomputation
     return total
 
 
@@ -222,6 +227,9 @@ def run(
                                  lambda done, total: reporter.evaluating("test", done, total))
         test_seconds = time.perf_counter() - t0
         peak, peak_kind = peak_bytes(device)
+        # tokens/s, model FLOP/s and MFU (after the clocks stopped: a CPU's first peak probe is not training time)
+        eff = efficiency.measure(out.tokens, meter.total, out.train_seconds, device, getattr(cfg.train, "precision", "fp32"),
+                                 cfg.measure.peak_tflops, parallel.world_size()) if method.trains else None
         method.save(model, store.adapter_dir(staged))
         latency = None  # what a request costs, unmerged and merged; only for runs that are scored on test
         if cfg.measure.latency and cfg.train.test:
@@ -240,6 +248,8 @@ def run(
             train_seconds=out.train_seconds, eval_seconds=out.eval_seconds + test_seconds,
             peak_memory_bytes=peak, peak_memory_kind=peak_kind, adapter_bytes=dir_bytes(store.adapter_dir(staged)),
             latency=Latency.from_dict(latency),
+            train_hardware_flops=meter.hardware_total if method.trains else None,
+            peak_memory_reserved_bytes=peak_reserved_bytes(device), **(eff.costs() if eff else {}),
         )
         result = RunResult(
             test=test.metrics if test else None, validation=selected.metrics, metrics=list(task.metrics),

@@ -152,6 +152,8 @@ FLAGS: list[Flag] = [
     Flag("eval_every", Optional[int], "train.eval_every", "Validate every N steps (default: 4 points per run)."),
     Flag("checkpoint_every", Optional[int], "train.checkpoint_every", "Save a checkpoint every N optimizer steps; a killed run resumes from it (0: never; default: every ~5 minutes for runs estimated over 10)."),
     Flag("seed", Optional[int], "train.seed", "Random seed."),
+    Flag("gradient_checkpointing", bool, "train.gradient_checkpointing", "Recompute activations in the backward pass: less memory, ~1/3 more compute (model FLOPs unchanged; hardware FLOPs stored too).", default=False, to_config=_only_if_set),
+    Flag("peak_tflops", Optional[float], "measure.peak_tflops", "The device's peak TFLOP/s that MFU divides by (default: a table of known GPUs; on CPU a cached matmul probe)."),
     Flag("force", bool, None, "Re-run configs that already finished.", default=False, commands=ALL,
          help_for={RUN: "Re-run even if this exact config already finished."}),
     Flag("results_dir", Path, None, "Results folder (SQLite + run folders).", default=RESULTS_DIR, commands=ALL,

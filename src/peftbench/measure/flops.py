@@ -5,6 +5,10 @@ once (on a real step) and its figure reused. Forward and backward are kept apart
 frozen weights need no weight gradient, so a LoRA backward is ~1x its forward while a
 full fine-tuning backward is ~2x. Training and evaluation use separate meters.
 
+Gradient checkpointing reruns checkpointed layers' forward inside the backward pass. That
+recomputation is counted apart (`recompute_flops`): model FLOPs (forward + backward) are the
+same with checkpointing on or off and drive budgets and MFU; hardware FLOPs add the recomputation.
+
 The training loop writes its own forward + backward inside `FlopMeter.count(batch)`.
 """
 
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,15 +48,36 @@ def _register_cpu_sdpa() -> None:
 _register_cpu_sdpa()
 
 
+_recomputing = 0  # > 0 while torch.utils.checkpoint reruns a forward in the backward pass (any thread)
+
+
+class _Recompute:
+    def __enter__(self) -> None:
+        global _recomputing
+        _recomputing += 1
+
+    def __exit__(self, *exc: object) -> None:
+        global _recomputing
+        _recomputing -= 1
+
+
+def checkpoint_contexts() -> tuple[AbstractContextManager[None], AbstractContextManager[None]]:
+    """torch.utils.checkpoint's context_fn (non-reentrant): the forward as it is, the recomputation marked."""
+    return nullcontext(), _Recompute()
+
+
 class _Phases:
     """Stands in for FlopCounterMode's ModuleTracker: every FLOP goes to "Global" and to its phase.
 
-    The phase is "backward" while autograd runs a backward pass (torch's own ModuleTracker tests
-    the same), else "forward"; so one counter around forward + backward keeps the two apart.
+    The phase is "recompute" while a checkpointed forward reruns, "backward" while autograd runs
+    a backward pass (torch's own ModuleTracker tests the same), else "forward"; so one counter
+    around forward + backward keeps the three apart.
     """
 
     @property
     def parents(self) -> tuple[str, str]:
+        if _recomputing:
+            return ("Global", "recompute")
         return ("Global", "backward" if torch._C._current_graph_task_id() != -1 else "forward")
 
     def __enter__(self) -> _Phases:
@@ -88,11 +113,18 @@ class FlopMeter:
     backward_flops: int = 0
     counted_shapes: int = 0
     counting_seconds: float = 0.0  # wall time of the counted (instrumented) passes
-    cache: dict[Shape, tuple[int, int]] = field(default_factory=dict)
+    cache: dict[Shape, tuple[int, ...]] = field(default_factory=dict)  # (forward, backward, recompute)
+    recompute_flops: int = 0  # forward reruns of gradient checkpointing (in the backward pass)
 
     @property
     def total(self) -> int:
+        """Model FLOPs: forward + backward, no recomputation (budgets and MFU count these)."""
         return self.forward_flops + self.backward_flops
+
+    @property
+    def hardware_total(self) -> int:
+        """Hardware FLOPs: what ran, recomputed forwards included."""
+        return self.total + self.recompute_flops
 
     @contextmanager
     def count(self, batch: dict[str, torch.Tensor]) -> Iterator[None]:
@@ -108,13 +140,14 @@ class FlopMeter:
             t0 = time.perf_counter()
             with counter() as fc:
                 yield
-            self.cache[key] = (phase_flops(fc, "forward"), phase_flops(fc, "backward"))
+            self.cache[key] = tuple(phase_flops(fc, p) for p in ("forward", "backward", "recompute"))
             self.counted_shapes += 1
             self.counting_seconds += time.perf_counter() - t0
         if self.enabled:
-            fwd, bwd = self.cache[key]
+            fwd, bwd, *rec = self.cache[key]  # a checkpoint saved before recomputation was counted holds pairs
             self.forward_flops += fwd
             self.backward_flops += bwd
+            self.recompute_flops += sum(rec)
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
         """A forward pass whose FLOPs are added (evaluation: no backward)."""

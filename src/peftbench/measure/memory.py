@@ -1,4 +1,7 @@
-"""Peak memory of one run: CUDA max allocated on GPU, process peak RSS on CPU."""
+"""Peak memory of one run: CUDA max allocated (and max reserved) on GPU, process peak RSS on CPU.
+
+reset_peak starts a run's peaks afresh (CUDA resets allocated and reserved together), so runs in
+one process (compare, sweep) each get their own."""
 
 from __future__ import annotations
 
@@ -32,3 +35,10 @@ def peak_bytes(device: torch.device) -> tuple[int, str]:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_rss_process"
+
+
+def peak_reserved_bytes(device: torch.device) -> int | None:
+    """CUDA: the caching allocator's peak reservation since reset_peak (what the GPU had to hold); None elsewhere."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_reserved(device))
+    return None

@@ -23,6 +23,7 @@ from peftbench.errors import UserError
 from peftbench.methods import register
 from peftbench.methods.base import Context
 from peftbench.methods.lora import Lora, LoraParams
+from peftbench.train.grad_checkpointing import checkpoint_kwargs
 
 BNB_MIN = "0.45"
 NO_CUDA = "method 'qlora' needs a CUDA GPU (4-bit weights through bitsandbytes); this machine has none — use lora"
@@ -98,7 +99,7 @@ class QLora(Lora):
             )
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=self.params.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
+            gradient_checkpointing_kwargs=checkpoint_kwargs(),  # recomputation counted as hardware FLOPs only
         )
         return super().apply(model, ctx)
 

@@ -19,7 +19,7 @@ TERMINAL_PARTS = {  # three narrow tables read better in a terminal than one wid
     "training": "learning curves and training cost (means over seeds)",
     "footprint": "size, memory and speed (means over seeds)",
 }
-TRAINING_COSTS = ("train FLOPs", "train time")
+TRAINING_COSTS = ("train FLOPs", "train time", "train tokens/s", "MFU")
 
 
 def section_table(section: Section, part: str = "quality") -> Table:

@@ -20,15 +20,17 @@ Sortable = float | str | None
 Column = tuple[str, Callable[[Cell], tuple[str, Sortable]]]
 
 # The costs a summary table shows (CSV and JSON carry all of COSTS).
-TABLE_COSTS = ["params_trainable", "train_flops", "train_seconds", "peak_memory_bytes", "adapter_bytes",
-               "latency.b1_ms", "latency.throughput"]
+TABLE_COSTS = ["params_trainable", "train_flops", "train_seconds", "tokens_per_second", "mfu", "peak_memory_bytes",
+               "adapter_bytes", "latency.b1_ms", "latency.throughput"]
 
 
 def num(x: float, unit: str = "") -> str:
     """3 significant digits with an SI prefix: 1.23 G, 45.6 ms."""
     if unit == "%":
         return f"{x:.3g}%"
-    if unit in ("s", "ms", "ex/s"):  # read in their own unit: 1,190 ex/s, not 1.19 kex/s
+    if unit == "share":  # a fraction (MFU), read as a percentage
+        return f"{100 * x:.3g}%"
+    if unit in ("s", "ms", "ex/s", "tok/s"):  # read in their own unit: 1,190 ex/s, not 1.19 kex/s
         return f"{x:,.0f} {unit}" if abs(x) >= 1000 else f"{x:.3g} {unit}"
     for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(x) >= scale:

@@ -20,7 +20,12 @@ COSTS: dict[str, tuple[str, str]] = {
     "trainable_pct": ("trainable %", "%"),
     "train_flops": ("train FLOPs", "FLOP"),
     "train_seconds": ("train time", "s"),
+    "train_hardware_flops": ("hardware FLOPs", "FLOP"),  # train FLOPs plus gradient checkpointing's recomputation
+    "tokens_per_second": ("train tokens/s", "tok/s"),
+    "model_flops_per_second": ("model FLOP/s", "FLOP/s"),
+    "mfu": ("MFU", "share"),  # a fraction of the device's peak, shown as a percentage
     "peak_memory_bytes": ("peak memory", "B"),
+    "peak_memory_reserved_bytes": ("peak reserved memory", "B"),
     "adapter_bytes": ("adapter size", "B"),
     "latency.b1_ms": ("latency b=1", "ms"),
     "latency.bN_ms": ("latency b=N", "ms"),

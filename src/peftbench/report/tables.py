@@ -10,6 +10,8 @@ from peftbench.metrics import metric_label
 from peftbench.store import Costs, RunRow, Sample
 from peftbench.store.result import LEGACY_METRICS
 
+EFFICIENCY = ("tokens_per_second", "model_flops_per_second", "mfu")  # a run's training speed, where measured
+
 
 def human(n: float, unit: str = "") -> str:
     for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
@@ -32,13 +34,16 @@ def summary(row: RunRow) -> dict[str, Any]:
         **{f"test_{k}": test.get(k) for k in metric_names(row)},
         "train_flops": c.train_flops, "train_seconds": c.train_seconds,
         "peak_memory_bytes": c.peak_memory_bytes, "adapter_bytes": c.adapter_bytes,
+        **{k: v for k in EFFICIENCY if (v := getattr(c, k)) is not None},  # runs stored before them lack them
     }
 
 
 def compare_table(rows: list[RunRow], title: str = "peftbench compare") -> Table:
     metrics = next((metric_names(r) for r in rows if r.done), LEGACY_METRICS)
     table = Table(title=title)
-    cols = ["method", "trainable %", *(f"test {metric_label(m)}" for m in metrics), "train FLOPs", "train s", "peak memory", "adapter"]
+    speed = any(r.run_result and r.run_result.costs.tokens_per_second is not None for r in rows)
+    cols = ["method", "trainable %", *(f"test {metric_label(m)}" for m in metrics), "train FLOPs", "train s",
+            *(["tokens/s", "MFU"] if speed else []), "peak memory", "adapter"]
     for col in cols:
         table.add_column(col, justify="left" if col == "method" else "right")
     for row in rows:
@@ -49,10 +54,16 @@ def compare_table(rows: list[RunRow], title: str = "peftbench compare") -> Table
         scores = [f"{v:.4f}" if isinstance(v := s.get(f"test_{m}"), float) else "-" for m in metrics]
         table.add_row(
             s["method"], f"{s['trainable_pct']:.3f}", *scores,
-            human(s["train_flops"]), f"{s['train_seconds']:.1f}", human(s["peak_memory_bytes"], "B"),
-            human(s["adapter_bytes"], "B"),
+            human(s["train_flops"]), f"{s['train_seconds']:.1f}", *(speed_texts(s) if speed else []),
+            human(s["peak_memory_bytes"], "B"), human(s["adapter_bytes"], "B"),
         )
     return table
+
+
+def speed_texts(s: dict[str, Any]) -> list[str]:
+    """Training tokens/s and MFU, "-" where not measured (nothing trained, or an older run)."""
+    tps, mfu = s.get("tokens_per_second"), s.get("mfu")
+    return [f"{tps:,.0f}" if tps is not None else "-", f"{100 * mfu:.3g}%" if mfu is not None else "-"]
 
 
 def runs_table(rows: list[RunRow]) -> Table:

@@ -68,6 +68,11 @@ class Latency:
         return out
 
 
+# Costs keys added after results were stored; to_dict writes them after the older keys, and only when set.
+COSTS_ADDED = ("train_hardware_flops", "tokens_per_second", "model_flops_per_second", "mfu", "peak_flops", "peak_source",
+               "peak_memory_reserved_bytes")
+
+
 @dataclass
 class Costs:
     """What the run cost; None where an older run did not measure it."""
@@ -88,6 +93,14 @@ class Costs:
     peak_memory_kind: str | None = None
     adapter_bytes: int | None = None
     latency: Latency | None = None
+    # Added later (COSTS_ADDED): written only where measured, so older results round-trip unchanged.
+    train_hardware_flops: int | None = None  # train_flops plus gradient checkpointing's recomputed forwards
+    tokens_per_second: float | None = None  # training tokens per training second
+    model_flops_per_second: float | None = None  # train_flops per training second
+    mfu: float | None = None  # model_flops_per_second / peak_flops (a fraction)
+    peak_flops: float | None = None  # the device's peak FLOP/s for the precision used
+    peak_source: str | None = None  # where peak_flops came from (GPU table, CPU probe, --peak-tflops)
+    peak_memory_reserved_bytes: int | None = None  # CUDA: the caching allocator's peak reservation
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Costs:
@@ -95,8 +108,9 @@ class Costs:
         return cls(**known, latency=Latency.from_dict(d.get("latency")))
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in COSTS_ADDED}
         out["latency"] = self.latency.to_dict() if self.latency else None
+        out.update((k, v) for k in COSTS_ADDED if (v := getattr(self, k)) is not None)
         return out
 
     def value(self, path: str) -> float | None:

@@ -170,7 +170,8 @@ def train(
 
     tokens = batches.tokens
     if parallel.world_size() > 1:  # the run's measures are all processes' together
-        meter.forward_flops, meter.backward_flops = (int(parallel.total(v)) for v in (meter.forward_flops, meter.backward_flops))
+        meter.forward_flops, meter.backward_flops, meter.recompute_flops = (
+            int(parallel.total(v)) for v in (meter.forward_flops, meter.backward_flops, meter.recompute_flops))
         tokens = int(parallel.total(tokens))
     if s.best_state is not None:  # restore the validation-selected weights
         with torch.no_grad():
