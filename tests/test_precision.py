@@ -25,7 +25,9 @@ from peftbench.cli import app
 from peftbench.cli.options import overrides
 from peftbench.config import RunConfig, deep_merge, parse_config
 from peftbench.errors import UserError
+from peftbench.export import rebuild
 from peftbench.measure.flops import FlopMeter
+from peftbench.predict import predict
 from peftbench.runner import config_hash, normalize, prepare, run
 from peftbench.store import RunResult, Store
 from peftbench.store import folder as run_folder
@@ -180,6 +182,32 @@ def test_a_bfloat16_base_trains_evaluates_and_is_stored(tiny_config: dict, tmp_p
     assert result["precision"] == "bf16" and result["dtype"] == "bfloat16" and cfg["model"]["dtype"] == "bfloat16"
     assert all(math.isfinite(p["train_loss"]) for p in curve)
     assert list(result)[list(result).index("device") + 1: list(result).index("processes")] == ["precision", "dtype"]
+
+
+def test_a_bf16_run_predicts_as_it_evaluated_and_exports_merged_in_fp32(tiny_config: dict, tiny_data: Path,
+                                                                        tmp_path: Path) -> None:
+    raw = with_(tiny_config, precision="bf16", dtype="bfloat16")
+    row = run(parse_config(raw), tmp_path / "r").row
+    task, model, _, _ = rebuild(row)  # the run's own numerics, read from its stored config
+    assert task.precision == "bf16" and next(model.parameters()).dtype == torch.bfloat16
+    texts = [json.loads(line)["text"] for line in (tiny_data / "test.jsonl").read_text().splitlines()]
+    stored_preds = json.loads((row.folder / "predictions.json").read_text())["predictions"]
+    assert predict(row, [{"text": t} for t in texts]) == [task.render(p) for p in stored_preds]
+    res = cli("export", row.run_id, str(tmp_path / "merged"), "--merge", "--results-dir", str(tmp_path / "r"), "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["max_abs_diff"] <= 1e-4  # merged in float32: exact as for any run
+
+
+def test_a_stored_fp32_run_rebuilds_in_fp32_whatever_auto_would_pick(tiny_config: dict, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    row = run(parse_config(tiny_config), tmp_path).row
+    assert "precision" not in row.config["train"] and "dtype" not in row.config["model"]
+    # Rebuilt on a bf16 GPU, auto would mean bf16 and bfloat16: the stored run ran fp32, and rebuilds so.
+    monkeypatch.setattr("peftbench.runner.pick_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(precision, "bf16_supported", lambda device: True)
+    assert precision.resolve("auto", "auto", torch.device("cuda")) == ("bf16", "bfloat16")
+    task, model, _, _ = rebuild(row)
+    assert task.precision == "fp32" and {p.dtype for p in model.parameters()} == {torch.float32}
 
 
 def test_dtype_auto_on_cuda_is_the_half_type_unless_the_whole_base_trains() -> None:

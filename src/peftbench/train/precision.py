@@ -51,6 +51,16 @@ def resolve(precision: str, dtype: str, device: torch.device, frozen_base: bool 
     return precision, dtype
 
 
+def as_stored(cfg: Any, full: bool = False) -> Any:
+    """A stored run's config with the precision and dtype it ran at: the store leaves fp32 and float32
+    out (so that auto on another machine cannot stand for them). full: float32 and fp32 whatever it ran at."""
+    if full or "precision" not in cfg.train.model_fields_set:
+        cfg.train.precision = "fp32"
+    if full or "dtype" not in cfg.model.model_fields_set:
+        cfg.model.dtype = "float32"
+    return cfg
+
+
 def load_kwargs(dtype: str) -> dict[str, Any]:
     """from_pretrained's dtype for a resolved model.dtype (explicit, so a half checkpoint still loads as asked)."""
     return {"dtype": DTYPES[dtype]} if dtype in DTYPES else {}
