@@ -233,10 +233,18 @@ def test_the_cpu_keeps_plain_adamw_and_its_matmul_settings(tiny_config: dict) ->
     model = nn.Linear(4, 4)
     opt, _ = optim.build(model, parse_config(tiny_config).train, 1e-3, 10)
     assert not opt.defaults.get("fused")
-    before = torch.backends.cuda.matmul.fp32_precision if hasattr(torch.backends.cuda.matmul, "fp32_precision") else None
+    matmul = torch.backends.cuda.matmul
+    before = (matmul.allow_tf32, torch.get_float32_matmul_precision())
     precision.enable_tf32("fp32", CPU)
-    after = torch.backends.cuda.matmul.fp32_precision if hasattr(torch.backends.cuda.matmul, "fp32_precision") else None
-    assert before == after
+    assert (matmul.allow_tf32, torch.get_float32_matmul_precision()) == before
+    try:  # the flag itself can be set without a GPU: fp32 on CUDA turns it on, bf16 leaves it
+        matmul.allow_tf32 = False
+        precision.enable_tf32("bf16", torch.device("cuda"))
+        assert not precision.tf32_enabled()
+        precision.enable_tf32("fp32", torch.device("cuda"))
+        assert precision.tf32_enabled() and torch.get_float32_matmul_precision() == "high"
+    finally:
+        matmul.allow_tf32 = before[0]
 
 
 def test_the_scaler_skips_a_step_with_inf_gradients_and_backs_off() -> None:

@@ -82,21 +82,17 @@ def autocast(precision: str, device_type: str) -> AbstractContextManager[Any]:
 
 
 def enable_tf32(precision: str, device: torch.device) -> None:
-    """TF32 matmuls (and cuDNN convolutions) for an fp32 run on CUDA; the CPU's settings are never touched."""
-    if device.type != "cuda" or precision != "fp32":
-        return
-    matmul = torch.backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: the new API (mixing it with allow_tf32 is an error)
-        matmul.fp32_precision = "tf32"
-        torch.backends.cudnn.conv.fp32_precision = "tf32"
-    else:
-        matmul.allow_tf32 = True
+    """TF32 matmuls (and cuDNN convolutions) for an fp32 run on CUDA; the CPU's settings are never touched.
+
+    allow_tf32, not set_float32_matmul_precision (which also switches oneDNN's CPU matmuls) nor
+    matmul.fp32_precision (after which torch.get_float32_matmul_precision() raises in torch 2.13)."""
+    if device.type == "cuda" and precision == "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
 
 def tf32_enabled() -> bool:
-    matmul = torch.backends.cuda.matmul
-    return matmul.fp32_precision == "tf32" if hasattr(matmul, "fp32_precision") else bool(matmul.allow_tf32)
+    return bool(torch.backends.cuda.matmul.allow_tf32)
 
 
 class Amp:
