@@ -216,6 +216,33 @@ def test_dtype_auto_on_cuda_is_the_half_type_unless_the_whole_base_trains() -> N
     assert precision.resolve("fp16", "auto", cuda, frozen_base=False) == ("fp16", "float32")  # full fine-tuning
 
 
+def family_config(kind: str, tiny_models: Any, root: Path) -> dict:
+    """A small run config of another task family on a tiny random model ("summarization:<arch>" for text)."""
+    from conftest import write_jsonl
+    from test_generation import config as generation, dialogue_rows
+    from test_image_classification import class_tree, config as image
+    from test_multiple_choice import config as choice, data_dir
+
+    if kind == "multiple_choice":
+        return choice(tiny_models("gpt2"), data_dir(root))
+    if kind == "image_classification":
+        class_tree(root / "train", 6, seed=1), class_tree(root / "val", 2, seed=2), class_tree(root / "test", 2, seed=3)
+        return image(tiny_models("vit"), root)
+    root.mkdir()
+    for split, n, seed in (("train", 16, 1), ("validation", 4, 2), ("test", 6, 3)):
+        write_jsonl(root / f"{split}.jsonl", dialogue_rows(n, seed))
+    return generation(tiny_models(kind.split(":")[1]), root, "summarization")
+
+
+@pytest.mark.parametrize("kind", ["summarization:llama", "summarization:t5", "multiple_choice", "image_classification"])
+def test_every_task_family_trains_on_a_bfloat16_base(tiny_models: Any, tmp_path: Path, kind: str) -> None:
+    raw = with_(family_config(kind, tiny_models, tmp_path / "data"), precision="bf16", dtype="bfloat16")
+    run(parse_config(raw), tmp_path / "r")  # decoding, label scoring and latency under the autocast too
+    _, result, curve = stored(tmp_path / "r")
+    assert result["precision"] == "bf16" and all(math.isfinite(p["train_loss"]) for p in curve)
+    assert all(math.isfinite(v) for v in result["test"].values())
+
+
 def test_results_without_precision_read_and_write_as_before() -> None:
     old = {"test": None, "validation": {}, "metrics": [], "select_metric": "loss", "best_step": 0, "lr": None,
            "budget": {"kind": "steps", "value": 1.0}, "optimizer": None, "costs": {}, "task": {}, "device": "cpu",
