@@ -44,8 +44,7 @@ CPU = torch.device("cpu")
 
 def with_(cfg: dict, **over: Any) -> dict:
     """tiny_config with train.* and model.* keys overridden: with_(cfg, precision="bf16", dtype="bfloat16")."""
-    train = {k: v for k, v in over.items() if k != "dtype" and k != "method"}
-    extra: dict[str, Any] = {"train": train}
+    extra: dict[str, Any] = {"train": {k: v for k, v in over.items() if k not in ("dtype", "method")}}
     if "dtype" in over:
         extra["model"] = {"dtype": over["dtype"]}
     if "method" in over:

@@ -3,6 +3,7 @@
 Each optimizer step runs forward, loss and backward per micro-batch, clips, steps the optimizer,
 then measures once: FLOPs (counted around forward + backward), tokens, time and budget progress.
 The loss stays on the device and is read only when validating, so no step waits for the GPU.
+The forward runs under the run's autocast, with fp16's gradient scaler (train/precision.py).
 
 Budget in optimizer steps, measured training FLOPs or seconds; validation every `eval_every` steps gives the learning curve;
 the best validation point's trainable weights are restored at the end. The test split
