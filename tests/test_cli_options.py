@@ -70,6 +70,8 @@ SCALARS: dict[str, st.SearchStrategy] = {
     "flops": POSITIVE, "seconds": POSITIVE, "batch_size": st.integers(1, 4096), "eval_batch_size": st.integers(1, 4096),
     "grad_accum": st.integers(1, 64), "eval_every": st.integers(1, 10**6), "checkpoint_every": st.integers(0, 10**6), "seed": st.integers(0, 2**31),
     "trust_remote_code": st.booleans(), "gradient_checkpointing": st.booleans(), "peak_tflops": POSITIVE,
+    "precision": st.sampled_from(["auto", "fp32", "bf16", "fp16"]),
+    "dtype": st.sampled_from(["auto", "float32", "bfloat16", "float16"]),
 }
 GENERATION = {
     "max_new_tokens": st.integers(1, 4096), "num_beams": st.integers(1, 32), "do_sample": st.booleans(),

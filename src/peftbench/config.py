@@ -46,6 +46,8 @@ class ModelSpec(Spec):
     revision: str | None = None
     gguf_file: str | None = None  # a GGUF file inside the folder/repo (dequantized on load)
     trust_remote_code: bool = False  # only ever True when the user asks
+    # The frozen base's dtype (train/precision.py); auto: float32 on CPU, the precision's half type on CUDA.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
 class DataSpec(Spec):
@@ -126,6 +128,8 @@ class TrainSpec(Spec):
     eval_every: int | None = Field(None, ge=1)  # None: 4 points per run
     select_metric: str | None = None  # validation metric that picks the checkpoint; None: the task's
     optimizer: Literal["adamw", "adafactor", "prodigy"] = "adamw"
+    # Autocast precision (train/precision.py); auto: bf16 on a CUDA GPU that supports it, else fp32.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy and the data order take 32-bit seeds
     test: bool = True  # score the test split at the end; False for learning-rate search runs
     # Optimizer steps between mid-run checkpoints, which a killed run resumes from (train/checkpoint.py).
@@ -182,12 +186,18 @@ class RunConfig(Spec):
     measure: MeasureSpec = MeasureSpec()
 
     def canonical(self) -> dict[str, Any]:
-        """What determines the result (stored and hashed); how often a run checkpoints changes nothing in it,
-        nor the peak that MFU divides by."""
+        """What determines the result (stored and hashed). How often a run checkpoints changes nothing
+        in it, nor the peak that MFU divides by. Keys added later are left out at the value every
+        earlier run had (a false gradient_checkpointing, a resolved fp32 precision and float32 dtype),
+        so such configs keep their hashes; other values (bf16, float16, ...) enter it."""
         out = self.model_dump(mode="json", exclude={"train": {"checkpoint_every"}, "measure": {"peak_tflops"}})
-        for section, key in NEW_AT_DEFAULT_UNHASHED:  # keys added later: at their default, old hashes still hold
+        for section, key in NEW_AT_DEFAULT_UNHASHED:
             if out[section][key] == type(getattr(self, section)).model_fields[key].default:
                 del out[section][key]
+        if out["train"].get("precision") == "fp32":
+            del out["train"]["precision"]
+        if out["model"].get("dtype") == "float32":
+            del out["model"]["dtype"]
         return out
 
 

@@ -20,6 +20,7 @@ from peftbench.errors import UserError
 from peftbench.methods import get_method
 from peftbench.store import RunRow
 from peftbench.runner import make_task
+from peftbench.train import precision
 
 MERGE_TOLERANCE = 1e-4
 
@@ -29,9 +30,11 @@ def _outputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
         return model(**batch).logits.float()
 
 
-def rebuild(row: RunRow) -> tuple[Any, torch.nn.Module, Any, Any]:
-    """The run's task, its base model with the saved adapter loaded, the method, and the processor."""
-    cfg = parse_config(row.config)
+def rebuild(row: RunRow, full_precision: bool = False) -> tuple[Any, torch.nn.Module, Any, Any]:
+    """The run's task, its base model with the saved adapter loaded, the method, and the processor.
+
+    In the run's precision and base dtype; full_precision: in fp32 and float32 (a merge to save)."""
+    cfg = precision.as_stored(parse_config(row.config), full=full_precision)
     # The stored config spells every default out; a default max_length the run lowered to the
     # model's limit must be lowered the same way again, not refused as if the user had asked for it.
     cfg.task.model_fields_set.discard("max_length")
@@ -67,7 +70,7 @@ def export(row: RunRow, out: Path, merge: bool = False) -> dict[str, Any]:
     staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))  # new: never someone else's folder
     try:
         if merge:
-            task, model, method, processor = rebuild(row)
+            task, model, method, processor = rebuild(row, full_precision=True)
             model.eval()
             batch = next(task.train_batches(4, seed=0))
             adapted = _outputs(model, batch)

@@ -34,7 +34,7 @@ from peftbench.store import folder as run_folder
 from peftbench.store import Costs, Latency, Predictions, RunOutput, RunResult, RunRow, Sample, Store
 from peftbench.tasks import get_task
 from peftbench.track import Tee, check_trackers, open_trackers
-from peftbench.train import grad_checkpointing, optim, parallel
+from peftbench.train import grad_checkpointing, optim, parallel, precision
 from peftbench.train.checkpoint import Checkpoints
 from peftbench.train.loop import Budget, Quiet, Reporter, train
 
@@ -62,6 +62,9 @@ def normalize(cfg: RunConfig) -> tuple[RunConfig, Method]:
         cfg.train.gradient_checkpointing = False
     elif cfg.train.lr is None:
         cfg.train.lr = optim.default_lr(cfg.train.optimizer, method.default_lr)
+    # auto decided here, for this machine: the store records and hashes what the run really uses
+    cfg.train.precision, cfg.model.dtype = precision.resolve(cfg.train.precision, cfg.model.dtype, pick_device(),
+                                                             method.frozen_base)
     return cfg, method
 
 
@@ -72,8 +75,11 @@ def config_hash(cfg: RunConfig) -> str:
 
 def make_task(cfg: RunConfig, method: Method) -> Any:
     """The task, told what the method needs of the model: extra load arguments, or no new head."""
-    task = get_task(cfg.task.kind)(cfg.task, method.load_kwargs())  # a method may refuse this machine here
+    prec, dtype = precision.resolve(cfg.train.precision, cfg.model.dtype, pick_device(), method.frozen_base)
+    kwargs = {**method.load_kwargs(), **precision.load_kwargs(dtype)}  # a method may refuse this machine here
+    task = get_task(cfg.task.kind)(cfg.task, kwargs)
     task.lm_scoring = method.lm_scoring
+    task.precision = prec  # evaluation runs under the training's autocast
     return task
 
 
@@ -122,7 +128,7 @@ def prepare(cfg: RunConfig, method: Method, samples: bool) -> Prepared:
     n_samples = min(cfg.task.samples, task.split_size("test")) if samples and cfg.train.test else 0
     untuned = task.evaluate(model, "test", cfg.train.eval_batch_size, limit=n_samples).predictions if n_samples else []
     method.prepare_task(task)
-    model = method.apply(model, ctx)
+    model = precision.upcast_trainable(method.apply(model, ctx))
     if cfg.train.gradient_checkpointing:
         grad_checkpointing.enable(model, cfg.model.name)
     return Prepared(task, model, budget, select, untuned)
@@ -152,7 +158,8 @@ def calibrate_flops(cfg: RunConfig, steps: int | None = None) -> int:
         batch = next(batches)
         key = shape_key(batch)
         if key not in meter.cache:
-            meter.train_step(model, {k: v.to(device) for k, v in batch.items()})
+            with precision.autocast(cfg.train.precision, device.type):  # a half base's fp32 head needs it
+                meter.train_step(model, {k: v.to(device) for k, v in batch.items()})
             model.zero_grad(set_to_none=True)
         total += sum(meter.cache[key][:2])  # model FLOPs: forward + backward, no recomputation
     return total
@@ -200,6 +207,7 @@ def run(
     task, model, budget, select, untuned = prep.task, prep.model, prep.budget, prep.select, prep.untuned
     device = parallel.device() or pick_device()
     model.to(device)
+    precision.enable_tf32(cfg.train.precision, device)
     params = count_parameters(model)
     if not parallel.is_main():  # a helper process of a multi-process run: train its share, store nothing
         torch.manual_seed(cfg.train.seed)
@@ -228,7 +236,7 @@ def run(
         test_seconds = time.perf_counter() - t0
         peak, peak_kind = peak_bytes(device)
         # tokens/s, model FLOP/s and MFU (after the clocks stopped: a CPU's first peak probe is not training time)
-        eff = efficiency.measure(out.tokens, meter.total, out.train_seconds, device, getattr(cfg.train, "precision", "fp32"),
+        eff = efficiency.measure(out.tokens, meter.total, out.train_seconds, device, cfg.train.precision,
                                  cfg.measure.peak_tflops, parallel.world_size()) if method.trains else None
         method.save(model, store.adapter_dir(staged))
         latency = None  # what a request costs, unmerged and merged; only for runs that are scored on test
@@ -255,7 +263,7 @@ def run(
             test=test.metrics if test else None, validation=selected.metrics, metrics=list(task.metrics),
             select_metric=select, best_step=out.best_step, lr=cfg.train.lr,
             budget=StoredBudget(budget.kind, budget.limit), optimizer=cfg.train.optimizer if method.trains else None,
-            costs=costs, task=task.describe(), device=str(device),
+            costs=costs, task=task.describe(), device=str(device), precision=cfg.train.precision, dtype=cfg.model.dtype,
             processes=parallel.world_size(),  # a step saw processes x batch_size examples
             versions=versions(), samples=samples,
         )

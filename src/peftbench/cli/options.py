@@ -130,6 +130,8 @@ FLAGS: list[Flag] = [
     Flag("test_fraction", Optional[float], "task.data.test_fraction", "Carve this share of train as the test split when the data has none."),
     Flag("samples", Optional[int], "task.samples", "Test examples stored with untuned and tuned outputs (default 5)."),
     Flag("optimizer", Optional[str], "train.optimizer", "adamw (default), adafactor or prodigy."),
+    Flag("precision", Optional[str], "train.precision", "auto (default: bf16 on a GPU that supports it, else fp32), fp32, bf16 or fp16 (CUDA only); trainable weights stay fp32."),
+    Flag("dtype", Optional[str], "model.dtype", "dtype of the frozen base: auto (default: float32 on CPU, the precision's half type on a GPU), float32, bfloat16 or float16."),
     Flag("subset", Optional[str], "task.data.subset", "Hub dataset configuration name."),
     Flag("train_file", Optional[str], "task.data.train_file", "Training file (.csv/.json/.jsonl/.parquet)."),
     Flag("validation_file", Optional[str], "task.data.validation_file", "Validation file; carved from train when absent."),

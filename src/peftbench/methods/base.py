@@ -66,6 +66,7 @@ class Method:
     needs_cuda: ClassVar[bool] = False
     needs_step_budget: ClassVar[bool] = False  # a schedule counted in optimizer steps: no FLOPs or seconds budget
     step_schedule: ClassVar[str] = "schedule"  # what that schedule is, to word the refusal
+    frozen_base: ClassVar[bool] = True  # False: every base weight trains, so model.dtype auto keeps float32
 
     @classmethod
     def capabilities(cls) -> dict[str, Any]:

@@ -74,6 +74,7 @@ class Full(Method):
     summary = "Full fine-tuning: every parameter trains"
     default_lr = 1e-4
     can_merge = True  # nothing to merge: the saved model is already plain
+    frozen_base = False
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         model.requires_grad_(True)

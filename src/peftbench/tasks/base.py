@@ -7,6 +7,7 @@ has none) and the new head modules that every method but `base` trains.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from peftbench.config import ModelSpec, TaskSpec
 from peftbench.errors import UserError
 from peftbench.measure.flops import FlopMeter
 from peftbench.tasks.families import LM_FAMILIES
+from peftbench.train.precision import autocast
 
 Batch = dict[str, torch.Tensor]
 Progress = Callable[[int, int], None]
@@ -66,8 +68,12 @@ class Task(ABC):
     peft_task_type: str | None
     head_modules: list[str]
 
+    precision: str = "fp32"  # set by the runner (train/precision.py): evaluation runs under its autocast
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "evaluate" in cls.__dict__:  # every caller (validation, test, latency, predict) gets the autocast
+            cls.evaluate = _under_autocast(cls.__dict__["evaluate"])  # type: ignore[method-assign]
         if "default_columns" not in cls.__dict__:
             cls.default_columns = {r.name: r.default for r in cls.column_roles if r.default is not None}
 
@@ -233,3 +239,14 @@ class Task(ABC):
         if getattr(self, "demonstrations", None):
             out["demonstrations"] = self.demonstrations
         return out
+
+
+def _under_autocast(evaluate: Callable[..., EvalResult]) -> Callable[..., EvalResult]:
+    @functools.wraps(evaluate)
+    def wrapper(self: Task, model: nn.Module, *args: Any, **kwargs: Any) -> EvalResult:
+        if self.precision == "fp32":
+            return evaluate(self, model, *args, **kwargs)
+        with autocast(self.precision, next(model.parameters()).device.type):
+            return evaluate(self, model, *args, **kwargs)
+
+    return wrapper

@@ -3,6 +3,7 @@
 Each optimizer step runs forward, loss and backward per micro-batch, clips, steps the optimizer,
 then measures once: FLOPs (counted around forward + backward), tokens, time and budget progress.
 The loss stays on the device and is read only when validating, so no step waits for the GPU.
+The forward runs under the run's autocast, with fp16's gradient scaler (train/precision.py).
 
 Budget in optimizer steps, measured training FLOPs or seconds; validation every `eval_every` steps gives the learning curve;
 the best validation point's trainable weights are restored at the end. The test split
@@ -24,7 +25,7 @@ from peftbench.measure.flops import FlopMeter
 from peftbench.methods.base import Method
 from peftbench.metrics import lower_is_better
 from peftbench.tasks.base import Task
-from peftbench.train import optim, parallel
+from peftbench.train import optim, parallel, precision
 from peftbench.train.budget import Budget, EvalSchedule, Stopwatch, TokenCount, device_sync
 from peftbench.train.checkpoint import Checkpoints, Parts
 
@@ -78,6 +79,7 @@ class State:
     best_step: int = 0
     best_score: float | None = None
     best_state: dict[str, torch.Tensor] | None = None
+    scaler: dict[str, Any] | None = None  # fp16's gradient scaler, as of the last checkpoint
 
 
 def better(metric: str, new: float, old: float | None) -> bool:
@@ -122,10 +124,11 @@ def train(
     batches = TokenCount(parallel.shard(task.train_batches(spec.batch_size, spec.seed)), task.batch_tokens)
     train_model = parallel.wrap(model)  # DDP across processes under accelerate launch / torchrun
     scale = 1.0 / spec.grad_accum  # the step's gradient is the mean of its micro-batches'
-    finite_every = 1 if device.type == "cpu" else 16  # a finiteness check waits for the GPU: not every step there
+    amp, watch = precision.Amp(spec.precision, device), precision.FiniteWatch(device)  # autocast, fp16's scaler
     parts = Parts(model, method, optimizer, scheduler, (meter, eval_meter), (clock, eval_clock), batches, evals, spec.grad_accum)
     if checkpoints:
         checkpoints.resume(parts, s)
+        amp.load_state(s.scaler)
     model.train()
     reporter.start(budget.steps or 0)
     clock.start()
@@ -134,15 +137,17 @@ def train(
         for _ in range(spec.grad_accum):
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
             with meter.count(batch):  # FLOPs of this forward + backward (measured once per batch shape)
-                loss = train_model(**batch).loss
-                (loss * scale).backward()
+                with amp.autocast():
+                    loss = train_model(**batch).loss
+                amp.backward(loss * scale)
             s.loss_sum += loss.detach().float()
             s.loss_n += 1
-        if s.step % finite_every == 0 and not torch.isfinite(s.loss_sum):  # diverged: nothing after this is a result
+        if watch.diverged(s.step, s.loss_sum):  # diverged: nothing after this is a result
             raise diverged(s.loss_sum / s.loss_n, s.step, lr)
         if spec.max_grad_norm:
+            amp.unscale(optimizer)
             torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
-        optimizer.step()
+        amp.step(optimizer)
         method.on_step(model, s.step)  # e.g. AdaLoRA's rank allocation, which reads this step's gradients
         optimizer.zero_grad(set_to_none=True)
 
@@ -165,6 +170,7 @@ def train(
                     s.best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         if checkpoints and checkpoints.due(s.step, clock.seconds, s.progress):
             with clock.stopped():  # writing is not training time
+                s.scaler = amp.state()
                 checkpoints.save(parts, s)
     clock.stop()
 
