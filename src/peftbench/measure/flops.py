@@ -44,6 +44,19 @@ def _register_cpu_sdpa() -> None:
 _register_cpu_sdpa()
 
 
+_FORCED_PHASE: list[str] = []
+
+
+@contextmanager
+def counted_as(phase: str) -> Iterator[None]:
+    """FLOPs run inside count as `phase`: a chunked loss computes its backward's matmuls in the forward pass."""
+    _FORCED_PHASE.append(phase)
+    try:
+        yield
+    finally:
+        _FORCED_PHASE.pop()
+
+
 class _Phases:
     """Stands in for FlopCounterMode's ModuleTracker: every FLOP goes to "Global" and to its phase.
 
@@ -53,6 +66,8 @@ class _Phases:
 
     @property
     def parents(self) -> tuple[str, str]:
+        if _FORCED_PHASE:
+            return ("Global", _FORCED_PHASE[-1])
         return ("Global", "backward" if torch._C._current_graph_task_id() != -1 else "forward")
 
     def __enter__(self) -> _Phases:

@@ -27,6 +27,7 @@ from peftbench.tasks.base import PREDICT, Batch, ColumnRole, EvalResult, Progres
 from peftbench.tasks.families import LM_FAMILIES
 from peftbench.tasks.sources import SPLITS, load_splits
 from peftbench.tasks.text import endless_batches, fit_max_length, load_text_model_config, pad, position_limit, special_affixes
+from peftbench.train import lm_loss
 
 
 class PairCodec:
@@ -208,7 +209,8 @@ class GenerationTask(Task):
             idx = order[i : i + batch_size]
             if score:  # the teacher-forced loss: a pass of its own, not part of predicting
                 batch = {k: v.to(device) for k, v in self.codec.collate([rows[j] for j in idx]).items()}
-                loss_sum += float(meter.forward(model, batch).loss) * len(idx)
+                with meter.count(batch):
+                    loss_sum += float(lm_loss.loss(model, batch)) * len(idx)
             for j, text in zip(idx, self.codec.generate(model, [prompts[j] for j in idx], self.spec.generation, meter)):
                 preds[j] = text
             if progress:
