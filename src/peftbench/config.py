@@ -131,6 +131,7 @@ class TrainSpec(Spec):
     # Optimizer steps between mid-run checkpoints, which a killed run resumes from (train/checkpoint.py).
     # None ("auto"): on for runs estimated over 10 minutes; 0: off. Not hashed: it changes no result.
     checkpoint_every: int | None = Field(None, ge=0, strict=True)
+    packing: bool = False  # decoder text generation: examples packed into rows without padding (train/packing.py)
 
     @field_validator("checkpoint_every", mode="before")
     @classmethod
@@ -174,7 +175,10 @@ class RunConfig(Spec):
 
     def canonical(self) -> dict[str, Any]:
         """What determines the result (stored and hashed); how often a run checkpoints changes nothing in it."""
-        return self.model_dump(mode="json", exclude={"train": {"checkpoint_every"}})
+        out = self.model_dump(mode="json", exclude={"train": {"checkpoint_every"}})
+        if not self.train.packing:  # off (the default) keeps the hashes configs had before the key existed
+            del out["train"]["packing"]
+        return out
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
