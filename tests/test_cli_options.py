@@ -69,6 +69,7 @@ SCALARS: dict[str, st.SearchStrategy] = {
     "flops": POSITIVE, "seconds": POSITIVE, "batch_size": st.integers(1, 4096), "eval_batch_size": st.integers(1, 4096),
     "grad_accum": st.integers(1, 64), "eval_every": st.integers(1, 10**6), "checkpoint_every": st.integers(0, 10**6), "seed": st.integers(0, 2**31),
     "trust_remote_code": st.booleans(),
+    "packing": st.booleans(),
 }
 GENERATION = {
     "max_new_tokens": st.integers(1, 4096), "num_beams": st.integers(1, 32), "do_sample": st.booleans(),
