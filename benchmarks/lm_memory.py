@@ -73,6 +73,8 @@ def main() -> None:
     ap.add_argument("--train-batch", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=768)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cases", nargs="+", default=["eval:full", "eval:chunked", "train:full", "train:chunked"],
+                    help="which of eval:full eval:chunked train:full train:chunked to run")
     ap.add_argument("--child", nargs=2, metavar=("CASE", "CHUNKED"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -84,17 +86,18 @@ def main() -> None:
         return
     print(f"{'case':<6} {'loss path':<10} {'batch':>10} {'peak RSS (process)':>19} {'peak RSS (pass)':>16} "
           f"{'loss':>9} {'seconds':>8}")
-    for case in ("eval", "train"):
-        for chunked in (False, True):
-            cmd = [sys.executable, __file__, "--child", case, "1" if chunked else "0", "--eval-batch", str(args.eval_batch),
-                   "--train-batch", str(args.train_batch), "--max-length", str(args.max_length), "--threads", str(args.threads)]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                print(f"{case} chunked={chunked} failed:\n{out.stderr[-2000:]}")
-                continue
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{case:<6} {'chunked' if chunked else 'full':<10} {'x'.join(map(str, r['batch'])):>10} "
-                  f"{r['process_peak'] / GB:>16.2f} GB {r['pass_peak'] / GB:>13.2f} GB {r['loss']:>9.5f} {r['seconds']:>8.1f}")
+    for name in args.cases:
+        case, path = name.split(":")
+        chunked = path == "chunked"
+        cmd = [sys.executable, __file__, "--child", case, "1" if chunked else "0", "--eval-batch", str(args.eval_batch),
+               "--train-batch", str(args.train_batch), "--max-length", str(args.max_length), "--threads", str(args.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"{name} failed (exit {out.returncode}):\n{out.stderr[-2000:]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{case:<6} {path:<10} {'x'.join(map(str, r['batch'])):>10} "
+              f"{r['process_peak'] / GB:>16.2f} GB {r['pass_peak'] / GB:>13.2f} GB {r['loss']:>9.5f} {r['seconds']:>8.1f}")
 
 
 if __name__ == "__main__":

@@ -100,3 +100,22 @@ def test_a_lora_wrapped_head_falls_back_to_the_plain_loss(tiny_models) -> None:
     assert lm_loss.lm_head(model) is None
     batch = batch_of("gpt2")
     assert float(lm_loss.loss(model, batch)) == pytest.approx(float(model(**batch).loss), abs=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_evaluation_in_row_groups_gives_the_batch_loss_and_flops(tiny_models, arch: str) -> None:
+    model = load(tiny_models, arch).eval()
+    batch = batch_of(arch)
+    with torch.inference_mode():
+        plain_meter, meter = FlopMeter(), FlopMeter()
+        with plain_meter.count(batch):
+            plain = float(model(**batch).loss)
+        old = lm_loss.EVAL_POSITIONS, lm_loss.CHUNK
+        lm_loss.EVAL_POSITIONS, lm_loss.CHUNK = 1, 4  # one row per pass
+        try:
+            with meter.count(batch):
+                grouped = float(lm_loss.loss(model, batch))
+        finally:
+            lm_loss.EVAL_POSITIONS, lm_loss.CHUNK = old
+    assert grouped == pytest.approx(plain, abs=1e-5)
+    assert (meter.forward_flops, meter.backward_flops) == (plain_meter.forward_flops, 0)

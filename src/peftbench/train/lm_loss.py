@@ -7,6 +7,9 @@ so backward recomputes nothing. Those gradient matmuls count as backward FLOPs (
 every position is projected as the unchunked head projects it, so measured FLOPs (forward and backward)
 equal the unchunked ones.
 
+Without gradients (evaluation), the model also runs on groups of rows (row_groups), so attention
+scores and activations never exist for a whole evaluation batch of 64 long rows either.
+
 Where the head is not a plain nn.Linear (a LoRA or modules_to_save wrapper on lm_head) or the model
 changes its logits after the head (soft-capping, logit scaling), the plain `model(**batch).loss` path runs.
 Prompt tuning's virtual tokens come first in the output: they get no label, as peft gives them none.
@@ -24,7 +27,8 @@ from torch import nn
 
 from peftbench.measure.flops import counted_as
 
-CHUNK = 1024  # positions per chunk: 1024 x 49152 fp32 logits (SmolLM2) is 200 MB
+CHUNK = 512  # positions per chunk: 512 x 49152 fp32 logits (SmolLM2) is 100 MB
+EVAL_POSITIONS = 8192  # positions per model pass without gradients (row_groups)
 ENABLED = True  # off: the plain path everywhere (benchmarks/lm_memory.py compares the two)
 IGNORE = -100
 _LOGIT_CHANGES = ("final_logit_softcapping", "logit_scale", "logits_scaling")  # applied after the head
@@ -97,8 +101,9 @@ class _ChunkedCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                labels: torch.Tensor, chunk: int) -> torch.Tensor:
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+                labels: torch.Tensor, chunk: int, grad_enabled: bool) -> torch.Tensor:
+        # needs_input_grad follows requires_grad even under no_grad/inference mode: the caller's mode decides
+        need_h, need_w, need_b = ctx.needs_input_grad[:3] if grad_enabled else (False, False, False)
         grad_h = torch.zeros_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
         grad_b = torch.zeros(weight.shape[0], device=weight.device) if need_b else None
@@ -126,7 +131,7 @@ class _ChunkedCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         grads = [None if g is None else (g * grad_out).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
-        return (*grads, None, None)
+        return (*grads, None, None, None)
 
 
 def _bias(head: nn.Linear, extra: torch.Tensor | None) -> torch.Tensor | None:
@@ -134,6 +139,16 @@ def _bias(head: nn.Linear, extra: torch.Tensor | None) -> torch.Tensor | None:
     if extra is None or head.bias is None:
         return head.bias if extra is None else extra
     return head.bias + extra
+
+
+def row_groups(batch: dict[str, torch.Tensor], rows: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Without gradients, the batch in groups of rows of at most EVAL_POSITIONS positions: every row is
+    scored alone, so the sum over groups is the batch's, and attention scores and MLP activations
+    exist for one group at a time (most of what is left of an evaluation pass's memory)."""
+    width = next(iter(batch.values())).shape[-1]
+    step = rows if torch.is_grad_enabled() else max(1, EVAL_POSITIONS // width)
+    for s in range(0, rows, step):
+        yield {k: v[s : s + step] for k, v in batch.items()}
 
 
 def loss_and_output(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
@@ -144,10 +159,13 @@ def loss_and_output(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[t
     if found is None:
         out = model(**batch)
         return out.loss, out
-    hidden, flat, bias = hidden_states(model, batch, labels, found)
+    totals, counts = [], []  # tensors: reading a count here would wait for the GPU
     ce: Any = _ChunkedCE
-    total = ce.apply(hidden, found[1].weight, _bias(found[1], bias), flat, CHUNK)
-    return total / (flat != IGNORE).sum(), None
+    for part in row_groups(batch, labels.shape[0]):
+        hidden, flat, bias = hidden_states(model, part, part["labels"], found)
+        totals.append(ce.apply(hidden, found[1].weight, _bias(found[1], bias), flat, CHUNK, torch.is_grad_enabled()))
+        counts.append((flat != IGNORE).sum())
+    return torch.stack(totals).sum() / torch.stack(counts).sum(), None
 
 
 def loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -163,12 +181,14 @@ def logprobs(model: nn.Module, batch: dict[str, torch.Tensor], labels: torch.Ten
 
         logits = model(**batch).logits[:, -labels.shape[1] :]  # prompt tuning puts virtual tokens first
         return choice_logprobs(logits, labels, shift=not seq2seq)
-    hidden, flat, bias = hidden_states(model, batch, labels, found)
-    head = found[1]
-    b = _bias(head, bias)
-    rows = torch.arange(labels.shape[0], device=flat.device).repeat_interleave(len(flat) // labels.shape[0])
-    sums = torch.zeros(labels.shape[0], device=flat.device)
-    for s in range(0, len(flat), CHUNK):
-        nll = _chunk_nll(hidden[s : s + CHUNK], head.weight, b, flat[s : s + CHUNK])[2]
-        sums.index_add_(0, rows[s : s + CHUNK], -nll)
-    return sums, (labels != IGNORE).sum(-1)
+    sums = []
+    for part in row_groups({**batch, "labels": labels}, labels.shape[0]):
+        hidden, flat, bias = hidden_states(model, part, part["labels"], found)
+        n = part["labels"].shape[0]
+        rows = torch.arange(n, device=flat.device).repeat_interleave(len(flat) // n)
+        part_sums = torch.zeros(n, device=flat.device)
+        for s in range(0, len(flat), CHUNK):
+            nll = _chunk_nll(hidden[s : s + CHUNK], found[1].weight, _bias(found[1], bias), flat[s : s + CHUNK])[2]
+            part_sums.index_add_(0, rows[s : s + CHUNK], -nll)
+        sums.append(part_sums)
+    return torch.cat(sums), (labels != IGNORE).sum(-1)
