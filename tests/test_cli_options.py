@@ -72,6 +72,7 @@ SCALARS: dict[str, st.SearchStrategy] = {
     "trust_remote_code": st.booleans(), "gradient_checkpointing": st.booleans(), "peak_tflops": POSITIVE,
     "precision": st.sampled_from(["auto", "fp32", "bf16", "fp16"]),
     "dtype": st.sampled_from(["auto", "float32", "bfloat16", "float16"]),
+    "packing": st.booleans(),
 }
 GENERATION = {
     "max_new_tokens": st.integers(1, 4096), "num_beams": st.integers(1, 32), "do_sample": st.booleans(),

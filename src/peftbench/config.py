@@ -137,6 +137,7 @@ class TrainSpec(Spec):
     checkpoint_every: int | None = Field(None, ge=0, strict=True)
     # Recompute activations in the backward pass (less memory, ~1/3 more compute); hashed only when on.
     gradient_checkpointing: bool = False
+    packing: bool = False  # decoder text generation: examples packed into rows without padding (train/packing.py)
 
     @field_validator("checkpoint_every", mode="before")
     @classmethod
@@ -175,7 +176,7 @@ class MeasureSpec(Spec):
 
 
 # Keys added after runs were stored, left out of canonical() while at their default so those runs keep their hash.
-NEW_AT_DEFAULT_UNHASHED = (("train", "gradient_checkpointing"),)
+NEW_AT_DEFAULT_UNHASHED = (("train", "gradient_checkpointing"), ("train", "packing"))
 
 
 class RunConfig(Spec):
@@ -188,7 +189,7 @@ class RunConfig(Spec):
     def canonical(self) -> dict[str, Any]:
         """What determines the result (stored and hashed). How often a run checkpoints changes nothing
         in it, nor the peak that MFU divides by. Keys added later are left out at the value every
-        earlier run had (a false gradient_checkpointing, a resolved fp32 precision and float32 dtype),
+        earlier run had (gradient_checkpointing and packing off, a resolved fp32 precision and float32 dtype),
         so such configs keep their hashes; other values (bf16, float16, ...) enter it."""
         out = self.model_dump(mode="json", exclude={"train": {"checkpoint_every"}, "measure": {"peak_tflops"}})
         for section, key in NEW_AT_DEFAULT_UNHASHED:

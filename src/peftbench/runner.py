@@ -34,7 +34,7 @@ from peftbench.store import folder as run_folder
 from peftbench.store import Costs, Latency, Predictions, RunOutput, RunResult, RunRow, Sample, Store
 from peftbench.tasks import get_task
 from peftbench.track import Tee, check_trackers, open_trackers
-from peftbench.train import grad_checkpointing, optim, parallel, precision
+from peftbench.train import grad_checkpointing, optim, packing, parallel, precision
 from peftbench.train.checkpoint import Checkpoints
 from peftbench.train.loop import Budget, Quiet, Reporter, train
 
@@ -125,6 +125,9 @@ def prepare(cfg: RunConfig, method: Method, samples: bool) -> Prepared:
     ctx = Context(task.peft_task_type, models.resolve(cfg.model), max(budget.steps, 1) if budget.steps is not None else None,
                   family=task.family, head_modules=list(task.head_modules))
     method.check(ctx)
+    if cfg.train.packing and method.trains:
+        packing.require(task.family, task, method.name)
+        task.packing = True
     n_samples = min(cfg.task.samples, task.split_size("test")) if samples and cfg.train.test else 0
     untuned = task.evaluate(model, "test", cfg.train.eval_batch_size, limit=n_samples).predictions if n_samples else []
     method.prepare_task(task)

@@ -151,6 +151,8 @@ FLAGS: list[Flag] = [
     Flag("batch_size", Optional[int], "train.batch_size", "Training batch size."),
     Flag("eval_batch_size", Optional[int], "train.eval_batch_size", "Evaluation batch size (default 64; lower it for large vocabularies)."),
     Flag("grad_accum", Optional[int], "train.grad_accum", "Gradient accumulation steps."),
+    Flag("packing", bool, "train.packing", "Pack several examples per row without padding (decoder text generation training).",
+         default=False, to_config=_only_if_set),
     Flag("eval_every", Optional[int], "train.eval_every", "Validate every N steps (default: 4 points per run)."),
     Flag("checkpoint_every", Optional[int], "train.checkpoint_every", "Save a checkpoint every N optimizer steps; a killed run resumes from it (0: never; default: every ~5 minutes for runs estimated over 10)."),
     Flag("seed", Optional[int], "train.seed", "Random seed."),

@@ -66,6 +66,19 @@ def checkpoint_contexts() -> tuple[AbstractContextManager[None], AbstractContext
     return nullcontext(), _Recompute()
 
 
+_FORCED_PHASE: list[str] = []
+
+
+@contextmanager
+def counted_as(phase: str) -> Iterator[None]:
+    """FLOPs run inside count as `phase`: a chunked loss computes its backward's matmuls in the forward pass."""
+    _FORCED_PHASE.append(phase)
+    try:
+        yield
+    finally:
+        _FORCED_PHASE.pop()
+
+
 class _Phases:
     """Stands in for FlopCounterMode's ModuleTracker: every FLOP goes to "Global" and to its phase.
 
@@ -78,6 +91,8 @@ class _Phases:
     def parents(self) -> tuple[str, str]:
         if _recomputing:
             return ("Global", "recompute")
+        if _FORCED_PHASE:
+            return ("Global", _FORCED_PHASE[-1])
         return ("Global", "backward" if torch._C._current_graph_task_id() != -1 else "forward")
 
     def __enter__(self) -> _Phases:

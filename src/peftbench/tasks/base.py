@@ -152,7 +152,8 @@ class Task(ABC):
     def batch_tokens(self, batch: Batch) -> int:
         """Tokens a training batch feeds the model (the token budget's unit)."""
         if "attention_mask" in batch:
-            n = int(batch["attention_mask"].sum())
+            mask = batch["attention_mask"]  # 4D: a packed batch's (train/packing.py)
+            n = int(mask.sum()) if mask.dim() != 4 else int((mask[:, 0].diagonal(dim1=-2, dim2=-1) == 0).sum())
         else:
             n = batch["input_ids"].numel() if "input_ids" in batch else next(iter(batch.values())).shape[0]
         if "decoder_attention_mask" in batch:

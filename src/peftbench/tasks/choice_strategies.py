@@ -24,7 +24,8 @@ from peftbench.config import ModelSpec
 from peftbench.measure.flops import FlopMeter
 from peftbench.tasks.base import Batch
 from peftbench.tasks.families import LM_FAMILIES, LMFamily, Strategies
-from peftbench.tasks.text import PAD_MULTIPLE, choice_logprobs, pad
+from peftbench.tasks.text import PAD_MULTIPLE, pad
+from peftbench.train import lm_loss
 
 if TYPE_CHECKING:
     from peftbench.tasks.multiple_choice import MultipleChoice
@@ -138,9 +139,8 @@ class LMChoiceScorer(ChoiceStrategy):
         c = self.task.num_choices
         batch = {k: v.to(device) for k, v in self.batch(rows, [list(range(c))] * len(rows)).items()}
         labels = batch.pop("labels")  # scored here, so the model computes no loss
-        out = meter.forward(model, batch)
-        logits = out.logits[:, -labels.shape[1] :]  # prompt tuning puts virtual tokens first
-        sums, counts = choice_logprobs(logits, labels, shift=not self.lm.encoder_decoder)
+        with meter.count(batch):
+            sums, counts = lm_loss.logprobs(model, batch, labels, self.lm.encoder_decoder)
         mean = (sums / counts.clamp(min=1)).view(len(rows), c)
         truth = torch.tensor([r["answer"] for r in rows], device=mean.device)
         return mean, -mean.gather(1, truth[:, None]).squeeze(1)

@@ -21,6 +21,7 @@ from peftbench.tasks.label_strategies import LABEL_STRATEGIES, LabelStrategy
 from peftbench.metrics import classification_metrics
 from peftbench.tasks.sources import SPLITS, load_splits
 from peftbench.tasks.text import endless_batches, length_grouped_batches, load_text_model_config, position_limit
+from peftbench.train import lm_loss
 
 __all__ = ["Classification", "classification_metrics", "length_grouped_batches", "position_limit"]
 
@@ -164,8 +165,9 @@ class Classification(Task):
             out = None
             if score or strategy.forward_predicts:  # other strategies predict with passes of their own
                 batch = {k: v.to(device) for k, v in strategy.collate(picked).items()}
-                out = meter.forward(model, batch)
-                loss_sum += float(out.loss) * len(picked)
+                with meter.count(batch):
+                    loss, out = lm_loss.loss_and_output(model, batch)  # out: None where an LM's loss was chunked
+                loss_sum += float(loss) * len(picked)
             for j, p in zip(order[i : i + batch_size], strategy.predict(model, picked, out, meter)):
                 preds[j] = p
             if progress:

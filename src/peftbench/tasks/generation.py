@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,6 +28,7 @@ from peftbench.tasks.base import PREDICT, Batch, ColumnRole, EvalResult, Progres
 from peftbench.tasks.families import LM_FAMILIES
 from peftbench.tasks.sources import SPLITS, load_splits
 from peftbench.tasks.text import endless_batches, fit_max_length, load_text_model_config, pad, position_limit, special_affixes
+from peftbench.train import lm_loss, packing
 
 
 class PairCodec:
@@ -187,7 +189,11 @@ class GenerationTask(Task):
         return self._encoded[split]
 
     def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
-        return endless_batches(self._encode("train"), batch_size, seed, self.codec.collate)
+        collate = self.codec.collate
+        if getattr(self, "packing", False):  # train.packing: the same examples, in as few rows as fit the window
+            window = self.codec.max_length + self.codec.max_target_length
+            collate = partial(packing.pack, capacity=window, pad_id=self.tokenizer.pad_token_id)
+        return endless_batches(self._encode("train"), batch_size, seed, collate)
 
     @torch.inference_mode()
     def evaluate(
@@ -208,7 +214,8 @@ class GenerationTask(Task):
             idx = order[i : i + batch_size]
             if score:  # the teacher-forced loss: a pass of its own, not part of predicting
                 batch = {k: v.to(device) for k, v in self.codec.collate([rows[j] for j in idx]).items()}
-                loss_sum += float(meter.forward(model, batch).loss) * len(idx)
+                with meter.count(batch):
+                    loss_sum += float(lm_loss.loss(model, batch)) * len(idx)
             for j, text in zip(idx, self.codec.generate(model, [prompts[j] for j in idx], self.spec.generation, meter)):
                 preds[j] = text
             if progress:

@@ -22,7 +22,8 @@ from peftbench.measure.flops import FlopMeter
 from peftbench.tasks.base import Batch, metered
 from peftbench.tasks.families import LM_FAMILIES, Strategies
 from peftbench.tasks.generation import PairCodec
-from peftbench.tasks.text import PAD_MULTIPLE, choice_logprobs, fit_max_length, position_limit
+from peftbench.tasks.text import PAD_MULTIPLE, fit_max_length, position_limit
+from peftbench.train import lm_loss
 
 if TYPE_CHECKING:
     from peftbench.tasks.classification import Classification
@@ -168,8 +169,8 @@ class LabelScorer(PromptedLabels):
         batch = self.codec.collate(rows)
         labels = batch.pop("labels").to(next(model.parameters()).device)
         batch = {k: v.to(labels.device) for k, v in batch.items()}
-        logits = metered(flops).forward(model, batch).logits
-        sums, counts = choice_logprobs(logits, labels, shift=True)
+        with metered(flops).count(batch):
+            sums, counts = lm_loss.logprobs(model, batch, labels, seq2seq=False)
         return (sums / counts).view(len(prompts), len(self.label_ids))
 
 

@@ -25,7 +25,7 @@ from peftbench.measure.flops import FlopMeter
 from peftbench.methods.base import Method
 from peftbench.metrics import lower_is_better
 from peftbench.tasks.base import Task
-from peftbench.train import optim, parallel, precision
+from peftbench.train import lm_loss, optim, parallel, precision
 from peftbench.train.budget import Budget, EvalSchedule, Stopwatch, TokenCount, device_sync
 from peftbench.train.checkpoint import Checkpoints, Parts
 
@@ -138,7 +138,7 @@ def train(
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
             with meter.count(batch):  # FLOPs of this forward + backward (measured once per batch shape)
                 with amp.autocast():
-                    loss = train_model(**batch).loss
+                    loss = lm_loss.loss(train_model, batch)  # an LM's cross-entropy in chunks of positions
                 amp.backward(loss * scale)
             s.loss_sum += loss.detach().float()
             s.loss_n += 1
