@@ -19,3 +19,10 @@ def test_without_a_gpu_it_stops_at_once_with_one_line(tmp_path: Path) -> None:
     assert done.stderr.strip() == "benchmarks/gpu/check.sh needs a CUDA GPU (torch sees none here); nothing was run"
     assert not list((tmp_path / "out").glob("*.log"))
 
+
+
+def test_every_script_and_test_file_it_names_exists() -> None:
+    text = (ROOT / "benchmarks/gpu/check.sh").read_text()
+    for path in ("benchmarks/throughput.py", "benchmarks/gpu/qlora_vs_lora.py", "tools/fetch_gpu_wheels.sh"):
+        assert path in text and (ROOT / path).is_file(), path
+    assert any("mark.gpu" in p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
