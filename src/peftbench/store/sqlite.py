@@ -184,7 +184,6 @@ class Store:
     def begin(self, config_hash: str, config: dict[str, Any], method: str, model: str, task: str) -> str:
         """A new `running` row; refused if a live process is training the same config (single flight)."""
         run_id = f"{config_hash[:8]}-{uuid.uuid4().hex[:6]}"  # short enough to type
-        self._reap()
         self.db.execute("BEGIN IMMEDIATE")  # the check and the insert as one: two starts cannot both pass
         try:
             other = self.running(config_hash)
