@@ -102,6 +102,15 @@ def tiny_config(tiny_model: str, tiny_data: Path) -> dict:
 
 
 @pytest.fixture(autouse=True)
+def fresh_process_caches():
+    """Each test starts as a new process would: nothing reused from an earlier test (reuse.py)."""
+    from peftbench import reuse
+
+    reuse.clear()
+    yield
+
+
+@pytest.fixture(autouse=True)
 def one_thread(request: pytest.FixtureRequest):
     """Tiny models run fastest on one torch thread: two threads on a busy 2-core machine ran
     tiny-model tests up to 50x slower. Real-weight (slow) tests keep torch's default."""

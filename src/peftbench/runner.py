@@ -19,12 +19,13 @@ import torch
 import transformers
 
 import peftbench
-from peftbench import models
+from peftbench import models, reuse
 from peftbench.config import RunConfig
 from peftbench.errors import Interrupted, UserError
 from peftbench.measure import efficiency
 from peftbench.measure.flops import FlopMeter, shape_key
 from peftbench.measure.latency import measure as measure_latency
+from peftbench.measure.phases import phase
 from peftbench.measure.memory import peak_bytes, peak_reserved_bytes, reset_peak
 from peftbench.measure.size import count_parameters, dir_bytes
 from peftbench.methods import get_method
@@ -34,7 +35,7 @@ from peftbench.store import folder as run_folder
 from peftbench.store import Costs, Latency, Predictions, RunOutput, RunResult, RunRow, Sample, Store
 from peftbench.tasks import get_task
 from peftbench.track import Tee, check_trackers, open_trackers
-from peftbench.train import grad_checkpointing, optim, packing, parallel, precision
+from peftbench.train import grad_checkpointing, lm_loss, optim, packing, parallel, precision
 from peftbench.train.checkpoint import Checkpoints
 from peftbench.train.loop import Budget, Quiet, Reporter, train
 
@@ -119,8 +120,10 @@ def prepare(cfg: RunConfig, method: Method, samples: bool) -> Prepared:
             f"select metric '{select}' is not one task '{task.kind}' reports; "
             f"use one of: {', '.join((*task.metrics, 'loss'))}"
         )
-    task.load_data()
-    model, _ = task.load_model(cfg.model)
+    with phase("load data"):
+        task.load_data()
+    with phase("load model"):
+        model, _ = task.load_model(cfg.model)
     budget = Budget.of(cfg.train, task.train_size) if method.trains else Budget("steps", 0)
     ctx = Context(task.peft_task_type, models.resolve(cfg.model), max(budget.steps, 1) if budget.steps is not None else None,
                   family=task.family, head_modules=list(task.head_modules))
@@ -129,9 +132,14 @@ def prepare(cfg: RunConfig, method: Method, samples: bool) -> Prepared:
         packing.require(task.family, task, method.name)
         task.packing = True
     n_samples = min(cfg.task.samples, task.split_size("test")) if samples and cfg.train.test else 0
-    untuned = task.evaluate(model, "test", cfg.train.eval_batch_size, limit=n_samples).predictions if n_samples else []
-    method.prepare_task(task)
-    model = precision.upcast_trainable(method.apply(model, ctx))
+    with phase("untuned samples"):
+        untuned = reuse.untuned(  # computed once per process for runs that share model, data and random state
+            ("untuned", cfg.task.model_dump(mode="json"), reuse.data_stamp(cfg.task.data), cfg.model.model_dump(mode="json"), reuse.stamp(cfg.model.name),
+             task.model_kwargs, task.lm_scoring, task.precision, cfg.train.eval_batch_size, n_samples),
+            lambda: task.evaluate(model, "test", cfg.train.eval_batch_size, limit=n_samples).predictions) if n_samples else []
+    with phase("apply method"):
+        method.prepare_task(task)
+        model = precision.upcast_trainable(method.apply(model, ctx))
     if cfg.train.gradient_checkpointing:
         grad_checkpointing.enable(model, cfg.model.name)
     return Prepared(task, model, budget, select, untuned)
@@ -147,6 +155,11 @@ def calibrate_flops(cfg: RunConfig, steps: int | None = None) -> int:
     cfg, method = normalize(cfg)
     if not method.trains:
         raise UserError(f"method '{cfg.method.name}' trains nothing, so it cannot set a FLOPs budget; pick a training method")
+    with phase("calibrate"):
+        return _calibrate(cfg, method, steps)
+
+
+def _calibrate(cfg: RunConfig, method: Method, steps: int | None) -> int:
     prep = prepare(cfg, method, samples=False)
     steps = steps if steps is not None else prep.budget.steps
     if steps is None:
@@ -154,15 +167,17 @@ def calibrate_flops(cfg: RunConfig, steps: int | None = None) -> int:
     device = pick_device()
     model = prep.model.to(device)
     model.train()
-    meter = FlopMeter()
+    meter = FlopMeter(cache=reuse.flop_cache(cfg, "train"))  # the reference run then counts nothing again
     batches = prep.task.train_batches(cfg.train.batch_size, cfg.train.seed)
     total = 0
     for _ in range(steps * cfg.train.grad_accum):
         batch = next(batches)
         key = shape_key(batch)
         if key not in meter.cache:
-            with precision.autocast(cfg.train.precision, device.type):  # a half base's fp32 head needs it
-                meter.train_step(model, {k: v.to(device) for k, v in batch.items()})
+            with meter.count(batch):  # the training loop's own forward + backward
+                with precision.autocast(cfg.train.precision, device.type):  # a half base's fp32 head needs it
+                    loss = lm_loss.loss(model, {k: v.to(device) for k, v in batch.items()})
+                loss.backward()
             model.zero_grad(set_to_none=True)
         total += sum(meter.cache[key][:2])  # model FLOPs: forward + backward, no recomputation
     return total
@@ -226,25 +241,29 @@ def run(
     try:
         torch.manual_seed(cfg.train.seed)
         reset_peak(device)
-        meter, eval_meter = FlopMeter(), FlopMeter()
+        meter, eval_meter = FlopMeter(cache=reuse.flop_cache(cfg, "train")), FlopMeter(cache=reuse.flop_cache(cfg, "eval"))
         log(f"{cfg.method.name}: {params['trainable']:,} trainable of {params['total']:,} parameters, "
             + (f"budget {describe_budget(budget)}, lr {cfg.train.lr}" if method.trains else "nothing to train"))
         checkpoints = Checkpoints(Path(results_dir, "checkpoints", digest), cfg.train.checkpoint_every, digest, log)
-        out = train(model, method, task, cfg.train, cfg.train.lr, budget, device, meter, eval_meter, reporter, checkpoints)
+        with phase("train"):
+            out = train(model, method, task, cfg.train, cfg.train.lr, budget, device, meter, eval_meter, reporter, checkpoints)
         t0 = time.perf_counter()
         test = None  # a learning-rate search run (train.test false) is judged on validation only
         if cfg.train.test:
-            test = task.evaluate(model, "test", cfg.train.eval_batch_size, eval_meter,  # scored once, here
-                                 lambda done, total: reporter.evaluating("test", done, total))
+            with phase("test"):
+                test = task.evaluate(model, "test", cfg.train.eval_batch_size, eval_meter,  # scored once, here
+                                     lambda done, total: reporter.evaluating("test", done, total))
         test_seconds = time.perf_counter() - t0
         peak, peak_kind = peak_bytes(device)
         # tokens/s, model FLOP/s and MFU (after the clocks stopped: a CPU's first peak probe is not training time)
         eff = efficiency.measure(out.tokens, meter.total, out.train_seconds, device, cfg.train.precision,
                                  cfg.measure.peak_tflops, parallel.world_size()) if method.trains else None
-        method.save(model, store.adapter_dir(staged))
+        with phase("save"):
+            method.save(model, store.adapter_dir(staged))
         latency = None  # what a request costs, unmerged and merged; only for runs that are scored on test
         if cfg.measure.latency and cfg.train.test:
-            latency = measure_latency(task, model, method, device, cfg.measure)
+            with phase("latency"):
+                latency = measure_latency(task, model, method, device, cfg.measure)
         selected = next((p for p in out.curve if p.step == out.best_step), out.curve[-1])
         samples = [
             Sample(excerpt(src), target, task.render(u), task.render(t))

@@ -35,4 +35,9 @@ def main() -> None:
     # peft 0.21 calls a transformers 5 API deprecated for v6; users can do nothing about it.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     transformers.utils.logging.disable_progress_bar()
-    app()
+    from peftbench.measure import phases
+
+    try:
+        app()
+    finally:  # benchmarks/compare_cost.py asks for where the time went (PEFTBENCH_PHASES)
+        phases.dump_if_asked()

@@ -25,6 +25,8 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+from peftbench.measure.phases import phase
+
 Shape = tuple[tuple[str, tuple[int, ...]], ...]
 
 
@@ -131,6 +133,11 @@ class FlopMeter:
     cache: dict[Shape, tuple[int, ...]] = field(default_factory=dict)  # (forward, backward, recompute)
     recompute_flops: int = 0  # forward reruns of gradient checkpointing (in the backward pass)
 
+    def __post_init__(self) -> None:
+        # counted_shapes: distinct shapes this meter's FLOPs came from, counted here or found in a cache
+        # an earlier run of the process filled (reuse.py); a plain attribute, so checkpoints skip it
+        self._seen: set[Shape] = set()
+
     @property
     def total(self) -> int:
         """Model FLOPs: forward + backward, no recomputation (budgets and MFU count these)."""
@@ -153,12 +160,14 @@ class FlopMeter:
             yield
         else:
             t0 = time.perf_counter()
-            with counter() as fc:
+            with phase("count flops"), counter() as fc:
                 yield
             self.cache[key] = tuple(phase_flops(fc, p) for p in ("forward", "backward", "recompute"))
-            self.counted_shapes += 1
             self.counting_seconds += time.perf_counter() - t0
         if self.enabled:
+            if key not in self._seen:
+                self._seen.add(key)
+                self.counted_shapes += 1
             fwd, bwd, *rec = self.cache[key]  # a checkpoint saved before recomputation was counted holds pairs
             self.forward_flops += fwd
             self.backward_flops += bwd

@@ -104,6 +104,14 @@ class Task(ABC):
         score=False: predictions only, no loss and no metrics (metrics {}): new inputs have no
         targets, and latency should time what a user waits for, not the scoring."""
 
+    def shared_encodings(self, model: ModelSpec) -> dict[str, Any]:
+        """split -> encoded rows, shared with every task of this process that encodes alike (reuse.py):
+        the same task spec, data files, model (its tokenizer) and scoring. Few-shot prompts get their own."""
+        from peftbench import reuse
+
+        return reuse.encodings(self.kind, self.spec.model_dump(mode="json"), reuse.data_stamp(self.spec.data),
+                               model.model_dump(mode="json"), self.lm_scoring, getattr(self, "family", None))
+
     def input_columns(self) -> dict[str, str]:
         """Role -> column name of what a prediction reads; the first is the main input."""
         cols = {r.name: self.column(r.name) for r in self.column_roles if r.input}

@@ -114,7 +114,7 @@ class Classification(Task):
     def load_model(self, spec: ModelSpec) -> tuple[nn.Module, Any]:
         tok, config = load_text_model_config(self, spec)
         self.tokenizer = tok
-        self._encoded: dict[str, list[dict[str, Any]]] = {}
+        self._encoded: dict[str, list[dict[str, Any]]] = self.shared_encodings(spec)
         self.strategy = LABEL_STRATEGIES.pick(self.family, self.lm_scoring)(self)
         return self.strategy.load(spec, tok, config), tok
 

@@ -180,7 +180,7 @@ class GenerationTask(Task):
         self.tokenizer = tok
         self.codec = PairCodec(tok, self.family, self.spec.prompt or self.default_prompt, max_length,
                                self.spec.max_target_length)
-        self._encoded: dict[str, list[dict[str, list[int]]]] = {}
+        self._encoded: dict[str, list[dict[str, list[int]]]] = self.shared_encodings(spec)
         return model, tok
 
     def _encode(self, split: str) -> list[dict[str, list[int]]]:

@@ -80,7 +80,7 @@ class MultipleChoice(Task):
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tok.pad_token_id
         self._specials = special_affixes(tok)
-        self._encoded: dict[str, list[dict[str, Any]]] = {}
+        self._encoded: dict[str, list[dict[str, Any]]] = self.shared_encodings(spec)
         return model, tok
 
     def prompt(self, split: str, i: int) -> str:

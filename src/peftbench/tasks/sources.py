@@ -189,7 +189,13 @@ def _from_hub(spec: DataSpec) -> DatasetDict:
 
 
 def load_splits(spec: DataSpec) -> DatasetDict:
-    """Return train / validation / test; validation carved from train when absent."""
+    """Return train / validation / test; validation carved from train when absent. Read once per process (reuse.py)."""
+    from peftbench import reuse
+
+    return reuse.splits(spec, lambda: _read_splits(spec))
+
+
+def _read_splits(spec: DataSpec) -> DatasetDict:
     files = {s: getattr(spec, f"{s}_file") for s in SPLITS if getattr(spec, f"{s}_file")}
     if files:
         dd = DatasetDict({s: read_file(Path(p).expanduser()) for s, p in files.items()})

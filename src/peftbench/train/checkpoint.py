@@ -112,6 +112,7 @@ def meter_state(meter: FlopMeter) -> dict[str, Any]:
 def set_meter_state(meter: FlopMeter, state: dict[str, Any]) -> None:
     for k, v in state.items():
         setattr(meter, k, {tuple((n, tuple(s)) for n, s in key): tuple(fb) for key, fb in v} if k == "cache" else v)
+    meter._seen = set(meter.cache)  # the shapes it had used: counted_shapes goes on from the saved figure
 
 
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:

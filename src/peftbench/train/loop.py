@@ -22,6 +22,7 @@ from torch import nn
 from peftbench.config import TrainSpec
 from peftbench.errors import UserError
 from peftbench.measure.flops import FlopMeter
+from peftbench.measure.phases import phase
 from peftbench.methods.base import Method
 from peftbench.metrics import lower_is_better
 from peftbench.tasks.base import Task
@@ -104,7 +105,7 @@ def train(
     clock, eval_clock = Stopwatch(sync), Stopwatch(sync)  # training seconds (validation excluded); validation seconds
 
     def validate(step: int, tokens: int, train_loss: float | None) -> EvalPoint:
-        with eval_clock.running():
+        with eval_clock.running(), phase("validate"):
             res = task.evaluate(model, "validation", spec.eval_batch_size, eval_meter,
                                 lambda done, total: reporter.evaluating("validation", done, total))
         point = EvalPoint(step, int(parallel.total(tokens)), int(parallel.total(meter.total)), clock.seconds,
