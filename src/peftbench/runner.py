@@ -145,6 +145,13 @@ def prepare(cfg: RunConfig, method: Method, samples: bool) -> Prepared:
     return Prepared(task, model, budget, select, untuned)
 
 
+def check(cfg: RunConfig) -> None:
+    """Refuse (UserError) what `run` would refuse before training: the method against this task, model and
+    machine, its settings against the model's layers, the data. Loads and discards the model; nothing is stored."""
+    cfg, method = normalize(cfg)
+    prepare(cfg, method, samples=False)
+
+
 def calibrate_flops(cfg: RunConfig, steps: int | None = None) -> int:
     """Training FLOPs the config spends in its first `steps` optimizer steps (default: its own
     steps or epochs budget), counted without training.

@@ -93,16 +93,30 @@ def compare_cmd(
         grid = "auto" if lr_grid.strip() == "auto" else _rates(lr_grid)
     first = opts["seed"] or 0
     plan = StudyPlan(raw, entries_from(items), [first + i for i in range(seeds)], budget=budget,
-                     reference=reference, lr_grid=grid)
+                     reference=reference, lr_grid=grid, drop_unfit=not listed and methods == DEFAULT_METHODS)
     say = lambda line: err.print(line, highlight=False)  # noqa: E731
     _check_report_to(opts["report_to"])
     study = run_study(plan, lambda r: _execute(r, opts["results_dir"], opts["force"], opts["report_to"]).row, say)
     if json_out:
         print(json.dumps({"budget": study.budget, "chosen_lr": study.chosen_lr,
-                          "runs": [summary(r) for r in study.rows]}, indent=2))
+                          "runs": [summary(r) for r in study.rows], "failures": [f.line for f in study.failures]}, indent=2))
     else:
         from peftbench.report.aggregate import aggregate
         from peftbench.report.command import print_report
 
         ids = {r.run_id for r in [*study.rows, *study.search] if r.done}
-        print_report(aggregate(opts["results_dir"], run_ids=ids), out)
+        if ids:
+            print_report(aggregate(opts["results_dir"], run_ids=ids), out)
+    _raise_failures(study.failures)
+
+
+def _raise_failures(failures: list[Any]) -> None:
+    """Under the finished methods' table: the runs that failed; a bug's own error goes on to the crash log."""
+    if not failures:
+        return
+    for f in failures:
+        err.print(f"failed: {f.line}", highlight=False)
+    bug = next((f.error for f in failures if not isinstance(f.error, UserError)), None)
+    if bug is not None:
+        raise bug
+    raise UserError(f"{len(failures)} run{'s' * (len(failures) > 1)} failed (listed above); the table shows the finished ones")

@@ -49,6 +49,18 @@ class StudyPlan:
     reference: str | None = None  # the method whose steps set the FLOPs budget; default lora, else the first trainer
     lr_grid: str | list[float] | None = None  # "auto", explicit rates for every method, or None (method defaults)
     notes: list[str] = field(default_factory=list)
+    drop_unfit: bool = False  # methods the user did not pick (the default list): drop those that cannot run here
+
+
+@dataclass
+class Failure:
+    label: str  # method label, with the seed or rate of the run
+    error: BaseException
+
+    @property
+    def line(self) -> str:
+        text = " ".join(str(self.error).split()) or type(self.error).__name__
+        return f"{self.label}: {text}"
 
 
 @dataclass
@@ -57,6 +69,7 @@ class StudyResult:
     search: list[RunRow]  # the validation-only learning-rate search runs
     chosen_lr: dict[str, float]  # method label -> the rate chosen on validation
     budget: dict[str, Any]
+    failures: list[Failure] = field(default_factory=list)  # runs that failed midway; the others went on
 
 
 def entries_from(items: list[Any]) -> list[Entry]:
@@ -148,28 +161,73 @@ def check(plan: StudyPlan) -> None:
         parse_config(deep_merge(plan.raw, {"method": e.spec}))
 
 
+def preflight(plan: StudyPlan, log: Callable[[str], None]) -> None:
+    """Check every method against the task and model before anything trains (runner.check: the refusals
+    a run would meet before its first step). Unfit methods are refused together, in one line each, or,
+    when the user did not pick them (the default list), dropped with one line each."""
+    from peftbench.runner import check as check_run
+
+    unfit: list[tuple[Entry, str]] = []
+    for e in plan.entries:
+        try:
+            check_run(parse_config(deep_merge(plan.raw, {"method": e.spec, "train": {"seed": plan.seeds[0]}})))
+        except UserError as err:
+            unfit.append((e, str(err)))
+    if not unfit:
+        return
+    refuse = not plan.drop_unfit or len(unfit) == len(plan.entries)
+    for e, why in unfit:
+        log(f"{e.label}: {'' if refuse else 'dropped, '}it cannot run here: {why}")
+    if refuse:
+        raise UserError(f"{len(unfit)} of {len(plan.entries)} methods cannot run on this task and model (listed above); "
+                        "drop them from --methods")
+    dropped = [x for x, _ in unfit]
+    plan.entries = [e for e in plan.entries if not any(e is x for x in dropped)]
+
+
+def _attempt(execute: Execute, raw: dict[str, Any], label: str, failures: list[Failure],
+             log: Callable[[str], None]) -> RunRow | None:
+    """One run; a failure is recorded and the study goes on (an interrupt stops it)."""
+    try:
+        return execute(raw)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as err:  # noqa: BLE001  (reported under the table; a bug is raised again at the end)
+        failures.append(Failure(label, err))
+        log(f"{label} failed: {Failure(label, err).line.split(': ', 1)[1]}; the study goes on")
+        return None
+
+
 def run_study(plan: StudyPlan, execute: Execute, log: Callable[[str], None]) -> StudyResult:
     check(plan)
+    preflight(plan, log)
     budget = equal_flops(plan, log) if plan.budget == "flops" else {"kind": "as configured", "value": None}
     flops = budget["value"] if budget["kind"] == "flops" and budget.get("reference") != "given" else None
     base = _with_budget(plan.raw, flops)
 
     chosen: dict[int, float] = {}  # entry index -> rate
     search: list[RunRow] = []
+    failures: list[Failure] = []
+    skip: set[int] = set()  # methods whose every search run failed
     for i, e in enumerate(plan.entries):
         grid = grid_for(e, plan)
         if not grid:
             continue
         scored = []
         for lr in grid:  # judged on validation only: these runs never score test
-            row = execute(deep_merge(base, {"method": e.spec, "train": {"lr": lr, "seed": plan.seeds[0], "test": False}}))
+            raw = deep_merge(base, {"method": e.spec, "train": {"lr": lr, "seed": plan.seeds[0], "test": False}})
+            row = _attempt(execute, raw, f"{e.label} (lr {lr:g}, search)", failures, log)
+            if row is None:
+                continue
             search.append(row)
             r = row.result or {}
             select = r.get("select_metric")
             if row.done and select in (r.get("validation") or {}):
                 scored.append((lr, r["validation"][select], select))
         if not scored:
-            raise UserError(f"every learning-rate search run of '{e.label}' failed; see: peftbench results")
+            skip.add(i)
+            log(f"{e.label}: every learning-rate search run failed, so it is not run on test")
+            continue
         lower = lower_is_better(scored[0][2])
         best = min(scored, key=lambda t: t[1]) if lower else max(scored, key=lambda t: t[1])
         chosen[i] = best[0]
@@ -180,9 +238,11 @@ def run_study(plan: StudyPlan, execute: Execute, log: Callable[[str], None]) -> 
 
     rows = []
     for i, e in enumerate(plan.entries):
-        for seed in plan.seeds:
+        for seed in [] if i in skip else plan.seeds:
             train: dict[str, Any] = {"seed": seed}
             if i in chosen:
                 train["lr"] = chosen[i]
-            rows.append(execute(deep_merge(base, {"method": e.spec, "train": train})))
-    return StudyResult(rows, search, {plan.entries[i].label: lr for i, lr in chosen.items()}, budget)
+            row = _attempt(execute, deep_merge(base, {"method": e.spec, "train": train}), f"{e.label} (seed {seed})", failures, log)
+            if row is not None:
+                rows.append(row)
+    return StudyResult(rows, search, {plan.entries[i].label: lr for i, lr in chosen.items()}, budget, failures)

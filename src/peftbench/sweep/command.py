@@ -7,11 +7,12 @@ kill -9 the same command finishes the sweep and every config ends with exactly o
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from peftbench.errors import UserError
 from peftbench.sweep.local import Outcome, cores, run_inline, run_workers
@@ -58,6 +59,29 @@ def _line(o: Outcome) -> str:
     return f"done{metric} ({o.seconds:.1f} s, {o.run_id})"
 
 
+def preflight(runs: list[Any], log: Callable[[str], None]) -> None:
+    """Check every distinct model x task x method of the sweep before anything trains (runner.check);
+    refuse the unfit ones together, one line each."""
+    from peftbench.runner import check
+
+    seen: dict[str, str | None] = {}
+    for r in runs:
+        c = r.config.canonical()
+        key = json.dumps([c["model"], c["task"], c["method"], c["train"].get("packing")], sort_keys=True)
+        if key not in seen:
+            try:
+                check(r.config)
+                seen[key] = None
+            except UserError as err:
+                seen[key] = f"{r.label}: it cannot run here: {err}"
+    bad = [line for line in seen.values() if line]
+    for line in bad:
+        log(line)
+    if bad:
+        raise UserError(f"{len(bad)} of the sweep's configs cannot run on their task and model (listed above); "
+                        "fix or drop them in the sweep file")
+
+
 def run_sweep(
     path: Path, results_dir: Path, workers: int = 1, backend: str = "local", address: str | None = None,
     force: bool = False, log: Callable[[str], None] = print, report_to: list[str] | None = None,
@@ -101,6 +125,7 @@ def run_sweep(
         log(f"{tag(i)}: skipped (already done as {run_id})")
     # The whole config, checkpoint_every too (canonical() leaves it out: it changes no result).
     jobs = [(i, r.config.model_dump(mode="json")) for i, r in enumerate(sweep.runs) if i not in done]
+    preflight([sweep.runs[i] for i, _ in jobs], log)
     if jobs:
         if backend == "ray":
             from peftbench.sweep.ray_backend import run_ray
