@@ -124,24 +124,32 @@ def test_sweep_runs_skips_done_and_goes_on_after_failures(base: dict, tmp_path: 
         return real_train(model, method, task, spec, *a, **k)
 
     monkeypatch.setattr(runner, "train", train)
-    path = write(tmp_path, {"base": base, "axes": {
+    bad = write(tmp_path, {"base": base, "axes": {
         "task.data.source": [base["task"]["data"]["source"], str(tmp_path / "missing")], "train.seed": [0, 1]}})
+    lines: list[str] = []
+    with pytest.raises(UserError, match="1 of the sweep's configs cannot run"):  # bad data: refused before any run
+        run_sweep(bad, tmp_path / "refused", log=lines.append)
+    unfit = [s for s in lines if "cannot run here" in s]
+    assert len(unfit) == 1 and unfit[0].startswith("lora source=missing seed=0: it cannot run here: ") and "missing" in unfit[0]
+    assert not (tmp_path / "refused" / "results.sqlite").exists()
+
+    path = write(tmp_path, {"base": base, "axes": {"train.seed": [0, 1, 2]}})
     res, lines = tmp_path / "res", []
     summary = run_sweep(path, res, log=lines.append)
-    assert summary.total == 4 and summary.already_done == 0
-    assert [o.status for o in summary.outcomes] == ["done", "failed", "failed", "failed"]
-    assert "simulated crash" in summary.failed[0].error and "missing" in summary.failed[1].error
-    assert lines[0].startswith(f"sweep {path.stem}: 4 runs (0 done, 4 to run)")
-    assert lines[1] == "[1/4] lora source=tiny-data0 seed=0: started"
-    assert lines[2].startswith("[1/4] lora source=tiny-data0 seed=0: done macro_f1 0.") and " s, " in lines[2]
-    assert sum(s.startswith("  failed [") for s in lines) == 3
+    assert summary.total == 3 and summary.already_done == 0
+    assert [o.status for o in summary.outcomes] == ["done", "failed", "done"]  # a crash midway: the sweep goes on
+    assert "simulated crash" in summary.failed[0].error
+    assert lines[0].startswith(f"sweep {path.stem}: 3 runs (0 done, 3 to run)")
+    assert lines[1] == "[1/3] lora seed=0: started"
+    assert lines[2].startswith("[1/3] lora seed=0: done macro_f1 0.") and " s, " in lines[2]
+    assert sum(s.startswith("  failed [") for s in lines) == 1
     rows = Store(res).list()
-    assert sorted(r.status for r in rows) == ["done", "failed"], "the crash is stored as failed; bad data stores nothing"
+    assert sorted(r.status for r in rows) == ["done", "done", "failed"], "the crash is stored as failed"
 
     again: list[str] = []
     summary = run_sweep(path, res, log=again.append)
-    assert summary.already_done == 1 and len(summary.outcomes) == 3
-    assert any(s.startswith("[1/4]") and f"skipped (already done as {rows[0].run_id})" in s for s in again)
+    assert summary.already_done == 2 and len(summary.outcomes) == 1
+    assert any(s.startswith("[1/3]") and f"skipped (already done as {rows[0].run_id})" in s for s in again)
 
 
 def test_bad_arguments_and_missing_ray(base: dict, tmp_path: Path, monkeypatch) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from peftbench.metrics import lower_is_better, metric_for
+from peftbench.metrics import lower_is_better, metric_for, metric_label
 from peftbench.stats import Interval, mean_ci, paired_bootstrap_seeds
 from peftbench.stats.curves import aulc, curve_xy, flops_to_fraction, target_score
 from peftbench.config import flatten
@@ -123,17 +123,31 @@ def _compare(section: Section, store: Store, resamples: int, confidence: float) 
                              f"resamples, {confidence:.0%} interval; every seed scored on each resample)")
     if metric is not None and preds.get(best.key) is None:
         section.bootstrap = "No paired bootstrap: the best cell's predictions.json is missing; cells ranked by mean"
-    rank = 1
-    best.rank = 1
-    for c in section.cells[1:]:
+    for i, c in enumerate(section.cells):  # by mean test score; equal scores share a rank (1, 2, 2, 4)
+        mean = _mean_of(c, key)
+        same = i and mean is not None and mean == _mean_of(section.cells[i - 1], key)
+        c.rank = section.cells[i - 1].rank if same else i + 1
+    for c in section.cells[1:]:  # ≈ best: the paired bootstrap cannot tell it from the best, whatever its rank
         a, b = preds.get(c.key), preds.get(best.key)
         if metric is not None and a and b and a[1] == b[1]:
             c.vs_best = paired_bootstrap_seeds(a[1], a[0], b[0], metric, resamples, confidence)
-        if c.vs_best is not None and not c.vs_best.distinguishable:
-            c.near_best = True
-        else:
-            rank += 1
-            c.rank = rank
+        c.near_best = (c.vs_best is not None and not c.vs_best.distinguishable) or c.rank == 1
+
+
+def _mean_of(c: Cell, key: str) -> float | None:
+    return round(c.test[key].mean, 12) if key in c.test else None  # equal up to float noise across seeds' sums
+
+
+def collapse_notes(section: Section) -> list[str]:
+    """Methods that score no better than always predicting the majority class learned nothing usable."""
+    majority = (section.baselines.get("majority") or {}).get(section.select_metric)
+    if majority is None or section.lower_is_better:
+        return []
+    flat = [c.label for c in section.cells if section.select_metric in c.test and c.test[section.select_metric].mean <= majority + 1e-12]
+    if not flat:
+        return []
+    return [f"{', '.join(flat)} score{'s' * (len(flat) == 1)} no better than always predicting the majority class "
+            f"(test {metric_label(section.select_metric)} {majority:.4f}): {'it' if len(flat) == 1 else 'they'} learned nothing usable"]
 
 
 def _curve_summaries(section: Section) -> None:
@@ -278,7 +292,9 @@ def aggregate(results_dir: str | Path, resamples: int = 1000, confidence: float 
             metrics = list(dict.fromkeys(m for r in srows for m in result_of(r).metrics))
             section = Section(title, skey[0], skey[1], skey[2], select, lower_is_better(select), metrics, cells, target_fraction)
             section.notes = caveats(srows)
+            section.baselines = next((b for r in srows if (b := (result_of(r).task or {}).get("baselines"))), {})
             _compare(section, store, resamples, confidence)
+            section.notes += collapse_notes(section)
             _curve_summaries(section)
             section.samples = _samples(section)
             section.ablations = _ablations(section)

@@ -11,7 +11,7 @@ from rich.table import Table
 from peftbench.errors import UserError
 from peftbench.metrics import metric_label
 from peftbench.report.aggregate import Report, Section, aggregate
-from peftbench.report.formats import LR_HEADER, columns, cost_columns, lr_rows, to_csv, to_json, to_markdown
+from peftbench.report.formats import LR_HEADER, RANK_LEGEND, baseline_rows, columns, cost_columns, lr_rows, to_csv, to_json, to_markdown
 
 
 TERMINAL_PARTS = {  # three narrow tables read better in a terminal than one wide one
@@ -49,7 +49,8 @@ def section_table(section: Section, part: str = "quality") -> Table:
     if shared:
         said = {"budget": "{v}", "lr": "lr {v}", "seeds": "{v} seeds each"}
         title += " (" + ", ".join(said[k].format(v=v) for k, v in shared.items()).replace("1 seeds", "1 seed") + ")"
-    caption = None if part != "quality" else f"ranked on test {metric_label(section.select_metric)}; {section.bootstrap[:1].lower()}{section.bootstrap[1:]}"
+    caption = None if part != "quality" else (f"ranked on test {metric_label(section.select_metric)}; {section.bootstrap[:1].lower()}"
+                                               f"{section.bootstrap[1:]}; {RANK_LEGEND}")
     table = Table(title=title, caption=caption, caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for name, get in cols:
         widest = max(len(get(c)[0]) for c in section.cells)  # numbers keep their line; names fold instead
@@ -58,6 +59,8 @@ def section_table(section: Section, part: str = "quality") -> Table:
     for c in section.cells:
         style = "bold green" if c.rank == 1 else "green" if c.near_best else None
         table.add_row(*(get(c)[0] for _, get in cols), style=style)
+    for row in baseline_rows(section, cols, digits=3) if part == "quality" else []:
+        table.add_row(*(t for t, _ in row), style="dim")
     return table
 
 

@@ -112,6 +112,25 @@ def cost_columns(section: Section, ci: bool = True) -> list[Column]:
     return cols
 
 
+BASELINE_NAMES = {"majority": "(majority class)", "chance": "(uniform chance)"}
+RANK_LEGEND = ("equal scores share a rank; ≈ best: the paired bootstrap cannot tell it from the best, "
+               "whatever its rank; trivial baselines score always predicting the majority training class, "
+               "and uniform guessing (expected); their rows are in parentheses")
+
+
+def baseline_rows(section: Section, cols: list[Column], digits: int = 4) -> list[list[tuple[str, Any]]]:
+    """The trivial baselines as rows of a quality table: a name and their test scores, the rest blank."""
+    rows = []
+    for name, scores in section.baselines.items():
+        row = []
+        for col, _ in cols:
+            metric = next((m for m in scores if col == f"test {metric_label(m)}"), None)
+            text = BASELINE_NAMES.get(name, name) if col == "method" else f"{scores[metric]:.{digits}f}" if metric else ""
+            row.append((text, scores[metric] if metric else None))
+        rows.append(row)
+    return rows
+
+
 def _reach_text(c: Cell, compact: bool = False) -> str:
     if c.flops_to_target is None:
         return "never"
@@ -194,8 +213,10 @@ def to_markdown(report: Report) -> str:
         if s.target is not None:
             out += [f"FLOPs to {s.target_fraction:.0%} of best: training FLOPs until validation "
                     f"{metric_label(s.select_metric)} first reaches {s.target:.4f}.", ""]
-        for cs in (cols, cost_columns(s)):
-            out += [md_table([name for name, _ in cs], [[get(c)[0] for _, get in cs] for c in s.cells]), ""]
+        trivial = [[t for t, _ in row] for row in baseline_rows(s, cols)]
+        out += [md_table([name for name, _ in cols], [[get(c)[0] for _, get in cols] for c in s.cells] + trivial), ""]
+        out += [f"Ranks: {RANK_LEGEND}.", ""] if trivial or len(s.cells) > 1 else []
+        out += [md_table([name for name, _ in cost_columns(s)], [[get(c)[0] for _, get in cost_columns(s)] for c in s.cells]), ""]
     if report.lr_searches:
         out += ["## Learning-rate search (validation only)", "", md_table(LR_HEADER, lr_rows(report.lr_searches)), ""]
     return "\n".join(out)

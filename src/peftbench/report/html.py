@@ -13,7 +13,7 @@ from html import escape
 from typing import Any
 
 from peftbench.metrics import metric_label
-from peftbench.report.formats import LR_HEADER, Column, columns, cost_columns
+from peftbench.report.formats import LR_HEADER, RANK_LEGEND, Column, baseline_rows, columns, cost_columns
 from peftbench.report.model import Report, Section, budget_text
 from peftbench.report.plots import Plot, section_plots
 
@@ -42,6 +42,7 @@ table.sortable th[aria-sort="descending"]::after { content: " \\25BC"; color: va
 td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
 tr.best td { background: var(--best); }
 tr.near td { background: var(--near); }
+tr.trivial td { color: var(--muted, #777); font-style: italic; }
 tbody tr:hover td { background: #eef3fb; }
 .mark { font-weight: 600; }
 .plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 18px; margin: 12px 0; }
@@ -117,10 +118,12 @@ def sortable_table(header: list[str], rows: list[list[tuple[str, Any]]], row_cla
     return f'<div class="wrap"><table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
-def _summary(section: Section, cols: list[Column]) -> str:
+def _summary(section: Section, cols: list[Column], trivial: bool = False) -> str:
     rows = [[get(c) for _, get in cols] for c in section.cells]
     classes = ["best" if c.rank == 1 else "near" if c.near_best else "" for c in section.cells]
-    return sortable_table([name for name, _ in cols], rows, classes)
+    extra = baseline_rows(section, cols) if trivial else []
+    table = sortable_table([name for name, _ in cols], rows + extra, classes + ["trivial"] * len(extra))
+    return table + (f'<p class="legend">Ranks: {_e(RANK_LEGEND)}.</p>' if trivial else "")
 
 
 def _figure(plot: Plot) -> str:
@@ -158,7 +161,7 @@ def _section(section: Section, index: int, plots: list[Plot]) -> str:
         parts.append(f'<p class="note">AULC: mean validation {_e(m)} over training progress. FLOPs to '
                      f"{section.target_fraction:.0%} of best: training FLOPs until validation {_e(m)} first reaches "
                      f"{section.target:.4f} ({section.target_fraction:.0%} of the best cell's).</p>")
-    parts.append(_summary(section, columns(section)))
+    parts.append(_summary(section, columns(section), trivial=True))
     parts.append('<h3>Costs</h3><p class="note">Measured per run; mean ± 95% CI over seeds where they vary.</p>')
     parts.append(_summary(section, cost_columns(section)))
     if plots:

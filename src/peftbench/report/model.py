@@ -53,13 +53,14 @@ class Cell:
     aulc: Interval | None = None
     flops_to_target: Interval | None = None  # over the seeds that reached the target
     reached: int = 0  # seeds whose curve reached the target
-    rank: int | None = None  # 1 = best; None for cells the bootstrap cannot tell from the best
-    near_best: bool = False
+    rank: int | None = None  # by mean test score, 1 = best; equal scores share a rank
+    near_best: bool = False  # the paired bootstrap cannot tell it from the best (or it ties the best)
     vs_best: PairedResult | None = None  # this cell minus the best on the select metric (test)
 
     @property
     def mark(self) -> str:
-        return "≈ best" if self.near_best else str(self.rank) if self.rank is not None else "-"
+        text = str(self.rank) if self.rank is not None else "-"
+        return f"{text} ≈ best" if self.near_best and self.rank != 1 else text
 
 
 @dataclass
@@ -86,6 +87,7 @@ class Section:
     notes: list[str] = field(default_factory=list)  # what a reader must know before trusting the comparison
     samples: list[dict[str, Any]] = field(default_factory=list)
     ablations: list[Ablation] = field(default_factory=list)
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # trivial: majority, chance (test scores)
 
     @property
     def best(self) -> Cell | None:

@@ -191,5 +191,9 @@ class Classification(Task):
         return self.labels[prediction] if isinstance(prediction, int) and 0 <= prediction < len(self.labels) else "(no label)"
 
     def describe(self) -> dict[str, Any]:
+        from peftbench.metrics.trivial import label_baselines
+
+        if "baselines" not in self.__dict__:  # what always-the-majority and uniform guessing score on test
+            self.baselines = label_baselines(self.splits["train"]["label"], self.splits["test"]["label"], len(self.labels))
         return {**super().describe(), "labels": self.labels, "sizes": {s: len(c["label"]) for s, c in self.splits.items()},
-                "max_length": getattr(self, "max_length", self.spec.max_length)}
+                "max_length": getattr(self, "max_length", self.spec.max_length), "baselines": self.baselines}

@@ -162,6 +162,11 @@ class ImageClassification(Task):
             "sizes": {s: len(c["label"]) for s, c in self.splits.items()}, "layout": self.source_layout,
             "image_size": size,
         }
+        if "baselines" not in self.__dict__:  # what always-the-majority and uniform guessing score on test
+            from peftbench.metrics.trivial import label_baselines
+
+            self.baselines = label_baselines(self.splits["train"]["label"], self.splits["test"]["label"], len(self.labels))
+        out["baselines"] = self.baselines
         if size:
             out["patches_per_image"] = self._patches(*size)
         return out

@@ -193,8 +193,14 @@ class MultipleChoice(Task):
         return self.splits[split]["choices"][i][int(prediction)]
 
     def describe(self) -> dict[str, Any]:
+        from peftbench.metrics.trivial import choice_baselines
+
         family = getattr(self, "family", None)
+        if "baselines" not in self.__dict__ and hasattr(self, "splits"):  # always the same letter; uniform guessing
+            train, test = self.splits["train"], self.splits["test"]
+            self.baselines = choice_baselines(train["answer"], test["answer"], [len(c) for c in test["choices"]])
         return {
+            "baselines": getattr(self, "baselines", None),
             **super().describe(), "num_choices": getattr(self, "num_choices", None),
             "scoring": None if family is None else CHOICE_STRATEGIES.pick(family).scoring,
             "columns": {r: self.column(r) for r in ("question", "choices", "answer", "text")},
