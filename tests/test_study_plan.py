@@ -48,8 +48,11 @@ def test_a_failure_midway_keeps_the_table_and_lists_the_failure(tiny_model, tiny
     def broken(self, model, ctx):
         raise RuntimeError("disk on fire")
 
-    real_check = __import__("peftbench.runner", fromlist=["check"]).check
-    monkeypatch.setattr("peftbench.runner.check", lambda cfg: None if cfg.method.name == "ia3" else real_check(cfg))
+    from peftbench.compare import plan
+
+    real, sizes = plan.probe, {"train": 1, "validation": 1, "test": 1}
+    monkeypatch.setattr(plan, "probe", lambda cfg, label: plan.Probe(label, True, 1, 1.0, 1.0, sizes, 2, 8)
+                        if cfg.method.name == "ia3" else real(cfg, label))  # the check passes; the run then fails
     monkeypatch.setattr(IA3, "apply", broken)
     res = invoke("compare", "--model", tiny_model, "--data", str(tiny_data), "--max-length", "32", "--batch-size", "8",
                  "--steps", "2", "--methods", "lora,ia3,head", "--results-dir", str(tmp_path / "r"))
@@ -76,3 +79,39 @@ def test_a_sweep_is_checked_whole_before_any_run(tiny_model, tmp_path):
     assert [line.split(":")[0] for line in res.output.splitlines() if "it cannot run here" in line] == ["prompt seed=0"]
     assert "error: 1 of the sweep's configs cannot run" in res.output
     assert not (tmp_path / "r" / "runs").exists() or not Store(tmp_path / "r").list()
+
+
+def test_dry_run_prints_the_plan_and_stores_nothing(tiny_model, tiny_data, tmp_path):
+    res = CliRunner().invoke(app, ["compare", "--model", tiny_model, "--data", str(tiny_data), "--max-length", "32",
+                                   "--batch-size", "8", "--steps", "8", "--methods", "base,lora,full", "--seeds", "2",
+                                   "--results-dir", str(tmp_path / "r"), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    err = res.stderr
+    assert "budget: measuring lora's training FLOPs for 8 steps" in err  # progress while it is measured
+    assert err.index("budget: measuring") < err.index("plan: 3 methods")
+    plan = err[err.index("plan: 3 methods"):].splitlines()
+    assert "1 seed" not in plan[0] and "2 seeds" in plan[0]
+    rows = {line.split()[0]: line for line in plan[1:4]}
+    assert "nothing trains" in rows["base"]
+    assert "~8 steps (0.67 epochs)" in rows["lora"] and "2 runs x" in rows["lora"]  # its own steps set the budget
+    assert "steps" in rows["full"] and "estimated wall time ~" in plan[4]
+    assert not (tmp_path / "r").exists()
+
+
+def test_estimates_follow_the_budget():
+    from peftbench.compare.plan import Probe, estimate, lines
+    from peftbench.config import parse_config
+
+    sizes = {"train": 100, "validation": 10, "test": 20}
+    lora = Probe("lora", True, 1000, 0.5, 0.01, sizes, 8, 10)
+    full = Probe("full", True, 2000, 1.0, 0.01, sizes, 8, 10)
+    cfg = parse_config({"train": {"steps": 8}})
+    budget = {"kind": "flops", "value": 8000.0, "method": "lora"}
+    est = {p.label: estimate(p, budget, cfg, 1, 0, {"lora": lora, "full": full}) for p in (lora, full)}
+    assert (est["lora"].steps, est["full"].steps) == (8, 4) and est["full"].epochs == 0.4
+    assert est["full"].seconds == 4 * 1.0 + 0.01 * (4 * 10 + 20)
+    secs = estimate(lora, {"kind": "seconds", "value": 100.0}, cfg, 3, 2, {})
+    assert secs.steps == 200 and secs.runs == 5
+    text = lines([secs], "100 training seconds each")
+    assert text[1].split() == ["lora", "~200", "steps", "(20", "epochs)", "5", "runs", "x", "~1.7", "min"]
+    assert text[-1].startswith("  estimated wall time ~8.4 min")

@@ -78,6 +78,7 @@ def compare_cmd(
     reference: Optional[str] = Opt(None, "--reference", help="Method whose steps set the FLOPs budget (default lora if compared, else the first training method)."),
     lr_grid: Optional[str] = Opt(None, "--lr-grid", help="Search each method's learning rate on validation first: 'auto' (its default x 1/3, 1, 3) or rates like 1e-4,1e-3."),
     json_out: bool = Opt(False, "--json", help="Print the comparison as JSON."),
+    dry_run: bool = Opt(False, "--dry-run", help="Check every method, measure the budget, print the plan with its estimated time, and stop (nothing is stored)."),
     opts: dict[str, Any] = {},
 ) -> None:
     """Compare methods on one model and task at an equal budget (training FLOPs by default), then tabulate."""
@@ -93,10 +94,13 @@ def compare_cmd(
         grid = "auto" if lr_grid.strip() == "auto" else _rates(lr_grid)
     first = opts["seed"] or 0
     plan = StudyPlan(raw, entries_from(items), [first + i for i in range(seeds)], budget=budget,
-                     reference=reference, lr_grid=grid, drop_unfit=not listed and methods == DEFAULT_METHODS)
+                     reference=reference, lr_grid=grid, drop_unfit=not listed and methods == DEFAULT_METHODS,
+                     dry_run=dry_run)
     say = lambda line: err.print(line, highlight=False)  # noqa: E731
     _check_report_to(opts["report_to"])
     study = run_study(plan, lambda r: _execute(r, opts["results_dir"], opts["force"], opts["report_to"]).row, say)
+    if dry_run:
+        return
     if json_out:
         print(json.dumps({"budget": study.budget, "chosen_lr": study.chosen_lr,
                           "runs": [summary(r) for r in study.rows], "failures": [f.line for f in study.failures]}, indent=2))

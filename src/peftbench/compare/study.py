@@ -50,6 +50,8 @@ class StudyPlan:
     lr_grid: str | list[float] | None = None  # "auto", explicit rates for every method, or None (method defaults)
     notes: list[str] = field(default_factory=list)
     drop_unfit: bool = False  # methods the user did not pick (the default list): drop those that cannot run here
+    dry_run: bool = False  # print the plan and stop
+    probes: dict[str, Any] = field(default_factory=dict)  # label -> compare.plan.Probe, from the preflight
 
 
 @dataclass
@@ -136,12 +138,13 @@ def equal_flops(plan: StudyPlan, log: Callable[[str], None]) -> dict[str, Any]:
         raise UserError(f"reference method '{ref_name}' is not among the compared training methods ({', '.join(names)}); pick one of them")
     ref = next(e for e in trainers if e.name == ref_name)
     ref_cfg = parse_config(deep_merge(plan.raw, {"method": ref.spec, "train": {"seed": plan.seeds[0]}}))
-    flops = calibrate_flops(ref_cfg)  # over the reference's own steps or epochs budget
     t = ref_cfg.train
     span = f"{t.steps} steps" if t.steps is not None else f"{t.epochs:g} epoch{'s' if t.epochs != 1 else ''}"
+    log(f"budget: measuring {ref_name}'s training FLOPs for {span}…")
+    flops = calibrate_flops(ref_cfg)  # over the reference's own steps or epochs budget
     note = f"{ref_name}'s measured training FLOPs for {span} of {t.batch_size * t.grad_accum} examples"
     log(f"budget: {flops:.4g} training FLOPs per method ({note}; --budget steps gives every method the same steps instead)")
-    return {"kind": "flops", "value": float(flops), "reference": note}
+    return {"kind": "flops", "value": float(flops), "reference": note, "method": ref_name}
 
 
 def check(plan: StudyPlan) -> None:
@@ -165,12 +168,13 @@ def preflight(plan: StudyPlan, log: Callable[[str], None]) -> None:
     """Check every method against the task and model before anything trains (runner.check: the refusals
     a run would meet before its first step). Unfit methods are refused together, in one line each, or,
     when the user did not pick them (the default list), dropped with one line each."""
-    from peftbench.runner import check as check_run
+    from peftbench.compare.plan import probe
 
     unfit: list[tuple[Entry, str]] = []
+    plan.probes = {}
     for e in plan.entries:
         try:
-            check_run(parse_config(deep_merge(plan.raw, {"method": e.spec, "train": {"seed": plan.seeds[0]}})))
+            plan.probes[e.label] = probe(parse_config(deep_merge(plan.raw, {"method": e.spec, "train": {"seed": plan.seeds[0]}})), e.label)
         except UserError as err:
             unfit.append((e, str(err)))
     if not unfit:
@@ -183,6 +187,22 @@ def preflight(plan: StudyPlan, log: Callable[[str], None]) -> None:
                         "drop them from --methods")
     dropped = [x for x, _ in unfit]
     plan.entries = [e for e in plan.entries if not any(e is x for x in dropped)]
+
+
+def show_plan(plan: StudyPlan, budget: dict[str, Any], base: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Methods, their steps and epochs under the budget, and an estimated wall time (compare/plan.py)."""
+    from peftbench.compare.plan import estimate, lines
+
+    cfg = parse_config(base)
+    kind = budget.get("kind")
+    text = (f"{budget['value']:.4g} training FLOPs each" if kind == "flops" else
+            f"{budget['value']:g} training seconds each" if kind == "seconds" else "each method's steps or epochs as configured")
+    text += f", {len(plan.seeds)} seed{'s' * (len(plan.seeds) > 1)}"
+    refs = {e.name: plan.probes[e.label] for e in plan.entries if e.label in plan.probes}
+    ests = [estimate(plan.probes[e.label], budget, cfg, len(plan.seeds), len(grid_for(e, plan) or []), refs)
+            for e in plan.entries if e.label in plan.probes]
+    for line in lines(ests, text) if ests else []:
+        log(line)
 
 
 def _attempt(execute: Execute, raw: dict[str, Any], label: str, failures: list[Failure],
@@ -204,6 +224,9 @@ def run_study(plan: StudyPlan, execute: Execute, log: Callable[[str], None]) -> 
     budget = equal_flops(plan, log) if plan.budget == "flops" else {"kind": "as configured", "value": None}
     flops = budget["value"] if budget["kind"] == "flops" and budget.get("reference") != "given" else None
     base = _with_budget(plan.raw, flops)
+    show_plan(plan, budget, base, log)
+    if plan.dry_run:
+        return StudyResult([], [], {}, budget)
 
     chosen: dict[int, float] = {}  # entry index -> rate
     search: list[RunRow] = []
