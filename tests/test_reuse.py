@@ -58,7 +58,7 @@ def test_a_study_prepares_once_and_stores_the_same_numbers(tiny_model, tiny_data
     monkeypatch.setattr(reuse, "ENABLED", True)
     shared = study(tiny_model, tiny_data, tmp_path / "shared")
     assert shared == alone  # metrics, curves, FLOPs, samples: to the last digit
-    assert reads_alone == 7 and reads.n == 1  # calibration + 6 runs read the files; then once
+    assert reads_alone == 10 and reads.n == 1  # 3 plan probes + calibration + 6 runs read the files; then once
     # calibration's counted shapes serve lora's runs; each method's shapes are counted by its first seed only
     assert counts.n < counts_alone / 1.5
     assert all(r["samples"] for r in shared) and shared[0]["samples"] == shared[2]["samples"]

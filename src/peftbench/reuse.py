@@ -31,6 +31,7 @@ _splits: dict[str, Any] = {}
 _encodings: dict[str, dict[str, Any]] = {}
 _untuned: dict[str, tuple[list[Any], torch.Tensor]] = {}
 _flops: dict[str, dict[Shape, tuple[int, ...]]] = {}
+_memo: dict[tuple[str, str], Any] = {}
 
 
 def key(*parts: Any) -> str:
@@ -39,7 +40,7 @@ def key(*parts: Any) -> str:
 
 def clear() -> None:
     """Forget everything (tests; a long-lived process that changed files on disk)."""
-    for cache in (_splits, _encodings, _untuned, _flops):
+    for cache in (_splits, _encodings, _untuned, _flops, _memo):
         cache.clear()
 
 
@@ -103,3 +104,12 @@ def flop_cache(cfg: Any, kind: str) -> dict[Shape, tuple[int, ...]]:
     c = cfg.canonical()
     train = {k: c["train"].get(k) for k in ("gradient_checkpointing", "packing", "precision")}
     return _flops.setdefault(key(kind, c["model"], stamp(cfg.model.name), c["task"], c["method"], train), {})
+
+
+def memo(kind: str, k: str, compute: Callable[[], Any]) -> Any:
+    """Any other measure of a setup, computed once per process (e.g. the truncation report)."""
+    if not ENABLED:
+        return compute()
+    if (kind, k) not in _memo:
+        _memo[kind, k] = compute()
+    return _memo[kind, k]

@@ -33,7 +33,7 @@ from peftbench.methods.base import Context, Method
 from peftbench.store import Budget as StoredBudget
 from peftbench.store import folder as run_folder
 from peftbench.store import Costs, Latency, Predictions, RunOutput, RunResult, RunRow, Sample, Store
-from peftbench.tasks import get_task
+from peftbench.tasks import get_task, truncation
 from peftbench.track import Tee, check_trackers, open_trackers
 from peftbench.train import grad_checkpointing, lm_loss, optim, packing, parallel, precision
 from peftbench.train.checkpoint import Checkpoints
@@ -140,6 +140,8 @@ def prepare(cfg: RunConfig, method: Method, samples: bool) -> Prepared:
     with phase("apply method"):
         method.prepare_task(task)
         model = precision.upcast_trainable(method.apply(model, ctx))
+    with phase("load data"):
+        task.truncation(cfg.model)  # the share of each split max_length cuts (stored; warned once)
     if cfg.train.gradient_checkpointing:
         grad_checkpointing.enable(model, cfg.model.name)
     return Prepared(task, model, budget, select, untuned)
@@ -230,6 +232,8 @@ def run(
     # -- everything below may still refuse bad input; nothing is stored yet ----------
     prep = prepare(cfg, method, samples=True)
     task, model, budget, select, untuned = prep.task, prep.model, prep.budget, prep.select, prep.untuned
+    if cut := truncation.warning(task.truncated, task.truncation_key):
+        log(cut)
     device = parallel.device() or pick_device()
     model.to(device)
     precision.enable_tf32(cfg.train.precision, device)

@@ -32,12 +32,14 @@ class Probe:
     sizes: dict[str, int]  # examples per split
     steps: int | None  # the config's own steps budget (steps or epochs), if it has one
     batch_examples: int  # examples per optimizer step
+    warning: str | None = None  # max_length cuts much of a split (tasks/truncation.py)
 
 
 def probe(cfg: RunConfig, label: str) -> Probe:
     """Check the config as a run would (UserError if it cannot run), then time one step and a few evaluations."""
     from peftbench import reuse
     from peftbench.runner import normalize, pick_device, prepare
+    from peftbench.tasks import truncation
     from peftbench.train import lm_loss, precision
     from peftbench.train.budget import device_sync
 
@@ -68,7 +70,7 @@ def probe(cfg: RunConfig, label: str) -> Probe:
         task.evaluate(model, "validation", cfg.train.eval_batch_size, limit=k)
         per_example = (time.perf_counter() - t0) / k
     return Probe(label, method.trains, flops, seconds, per_example, sizes, prep.budget.steps if method.trains else None,
-                 cfg.train.batch_size * cfg.train.grad_accum)
+                 cfg.train.batch_size * cfg.train.grad_accum, truncation.warning(task.truncated, task.truncation_key))
 
 
 @dataclass

@@ -68,6 +68,8 @@ class Task(ABC):
     peft_task_type: str | None
     head_modules: list[str]
 
+    truncated: dict[str, Any] | None = None  # the truncation report (tasks/truncation.py), once measured
+    truncation_key: str = ""
     precision: str = "fp32"  # set by the runner (train/precision.py): evaluation runs under its autocast
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -111,6 +113,24 @@ class Task(ABC):
 
         return reuse.encodings(self.kind, self.spec.model_dump(mode="json"), reuse.data_stamp(self.spec.data),
                                model.model_dump(mode="json"), self.lm_scoring, getattr(self, "family", None))
+
+    def cut_lengths(self) -> tuple[dict[str, list[int]], int, int] | None:
+        """Per split, each example's untruncated token count of the part max_length cuts; the budget it is
+        cut at; the tokens the rest of the input takes (tasks/truncation.py). None: not measured."""
+        return None
+
+    def truncation(self, model: ModelSpec) -> dict[str, Any] | None:
+        """The truncation report (shares cut per split, a suggested max_length), measured once per process."""
+        from peftbench import reuse
+        from peftbench.tasks import truncation
+
+        key = reuse.key(self.kind, self.spec.model_dump(mode="json"), reuse.data_stamp(self.spec.data),
+                        model.model_dump(mode="json"), self.lm_scoring, getattr(self, "demonstrations", None))
+        limit = getattr(self, "context_window", None) or getattr(self, "model_limit", None)
+        self.truncated = reuse.memo("truncation", key, lambda: truncation.report(
+            self.cut_lengths(), limit, getattr(self, "max_length", None) or self.spec.max_length))
+        self.truncation_key = key
+        return self.truncated
 
     def input_columns(self) -> dict[str, str]:
         """Role -> column name of what a prediction reads; the first is the main input."""
@@ -247,6 +267,8 @@ class Task(ABC):
         out = {"kind": self.kind, "family": getattr(self, "family", None)}
         if getattr(self, "demonstrations", None):
             out["demonstrations"] = self.demonstrations
+        if getattr(self, "truncated", None):
+            out["truncation"] = self.truncated
         return out
 
 

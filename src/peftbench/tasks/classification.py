@@ -114,6 +114,7 @@ class Classification(Task):
     def load_model(self, spec: ModelSpec) -> tuple[nn.Module, Any]:
         tok, config = load_text_model_config(self, spec)
         self.tokenizer = tok
+        self.model_limit = position_limit(tok, config)  # what a longer max_length may reach (truncation.py)
         self._encoded: dict[str, list[dict[str, Any]]] = self.shared_encodings(spec)
         self.strategy = LABEL_STRATEGIES.pick(self.family, self.lm_scoring)(self)
         return self.strategy.load(spec, tok, config), tok
@@ -124,6 +125,15 @@ class Classification(Task):
         picks = np.random.default_rng(seed).choice(self.train_size, size=min(k, self.train_size), replace=False)
         return self.codec_demonstrations(
             self.strategy.codec, [(self.source("train", i), self.labels[self.splits["train"]["label"][i]]) for i in picks])
+
+    def cut_lengths(self) -> tuple[dict[str, list[int]], int, int] | None:
+        codec, splits = self.strategy.codec, {s: c for s, c in self.splits.items() if s != PREDICT}
+        if codec is None:  # a head reads text (and pair) with special tokens, cut at max_length
+            return ({s: [len(x) for x in self.tokenizer(c["text"], c.get("text_pair"))["input_ids"]] for s, c in splits.items()},
+                    self.max_length, 0)
+        budget = codec.source_budget()
+        return ({s: codec.source_lengths([self.source(s, i) for i in range(len(c["label"]))]) for s, c in splits.items()},
+                budget, codec.max_length - budget)
 
     def source(self, split: str, i: int) -> str:
         """Example i's input text (a pair on two lines), as a prompt shows it."""

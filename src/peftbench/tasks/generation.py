@@ -58,9 +58,17 @@ class PairCodec:
             )
         return len(self.demos)
 
+    def source_budget(self) -> int:
+        """Tokens left for the source once the template, demonstrations and special tokens are in."""
+        return self.max_length - len(self.prefix) - len(self.demos) - len(self.pre) - len(self.post) - len(self.suffix)
+
+    def source_lengths(self, sources: list[str]) -> list[int]:
+        """Untruncated token counts of sources, to compare with source_budget (truncation.py)."""
+        return [len(ids) for ids in self.tok(sources, add_special_tokens=False)["input_ids"]]
+
     def prompt(self, source: str) -> list[int]:
         """Template around the source; the source is what truncation cuts (its end)."""
-        budget = self.max_length - len(self.prefix) - len(self.demos) - len(self.pre) - len(self.post) - len(self.suffix)
+        budget = self.source_budget()
         if budget < 1:
             raise UserError(f"the prompt template alone takes more than max length {self.max_length}; shorten it")
         src = self.tok(source, add_special_tokens=False, truncation=True, max_length=budget)["input_ids"]
@@ -227,6 +235,11 @@ class GenerationTask(Task):
         metrics = self.score(preds, refs)
         metrics["loss"] = loss_sum / max(len(examples), 1)
         return EvalResult(metrics=metrics, predictions=preds, references=refs, examples=len(examples))
+
+    def cut_lengths(self) -> tuple[dict[str, list[int]], int, int] | None:
+        lengths = {s: self.codec.source_lengths([e.source for e in v]) for s, v in self.splits.items() if s != PREDICT}
+        budget = self.codec.source_budget()
+        return lengths, budget, self.codec.max_length - budget
 
     def demonstrate(self, k: int, seed: int) -> dict[str, Any]:
         picks = np.random.default_rng(seed).choice(len(self.splits["train"]), size=min(k, self.train_size), replace=False)
