@@ -144,8 +144,11 @@ FLAGS: list[Flag] = [
     Flag("max_length", Optional[int], "task.max_length", "Truncate inputs to this many tokens."),
     Flag("lr", Optional[float], "train.lr", "Learning rate (default: the method's).",
          help_for={COMPARE: "One learning rate for every method (default: each method's own)."}),
-    Flag("steps", Optional[int], "train.steps", f"Budget in optimizer steps (compare: the same for every method, {MAIN_JOB_STEPS} when no --config/--epochs)."),
-    Flag("epochs", Optional[float], "train.epochs", "Budget in epochs (default 1)."),
+    Flag("steps", Optional[int], "train.steps", "Budget in optimizer steps. compare: the reference method (--reference, "
+         f"default lora) trains this many and every method gets the training FLOPs it spent ({MAIN_JOB_STEPS} when no "
+         "--config/--epochs/--flops/--seconds); --budget steps gives every method these steps instead."),
+    Flag("epochs", Optional[float], "train.epochs", "Budget in epochs. run: 1 when no other budget is given. "
+         "compare: sets the reference method's FLOPs, as --steps does."),
     Flag("flops", Optional[float], "train.flops", "Budget in measured training FLOPs, e.g. 2.5e12 (training stops at the first step reaching it)."),
     Flag("seconds", Optional[float], "train.seconds", "Budget in training seconds (evaluation excluded)."),
     Flag("batch_size", Optional[int], "train.batch_size", "Training batch size."),

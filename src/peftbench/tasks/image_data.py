@@ -176,7 +176,7 @@ class ImageReader:
             if not test_fraction:
                 raise UserError(
                     f"image folder '{root}' has no test folder; add {root / 'test'}/<class>/ images "
-                    "or set data.test_fraction to carve it from train"
+                    "or pass --test-fraction 0.2 (data.test_fraction in a config file) to carve it from train"
                 )
             raw["train"], raw["test"] = _carve(raw["train"], test_fraction, "test", f"image folder '{root}'")
         if "validation" not in raw:

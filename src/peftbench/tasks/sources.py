@@ -218,7 +218,7 @@ def _read_splits(spec: DataSpec) -> DatasetDict:
         dd = DatasetDict({**dd, "train": parts["train"], "test": parts["test"]})
     for split in ("train", "test"):
         if split not in dd:
-            fix = " or set data.test_fraction to carve it from train" if split == "test" else ""
+            fix = " or pass --test-fraction 0.2 (data.test_fraction in a config file) to carve it from train" if split == "test" else ""
             raise UserError(f"data has no {split} split; provide one (e.g. --{split}-file PATH){fix}")
     if "validation" not in dd:
         parts = dd["train"].train_test_split(test_size=spec.validation_fraction, seed=CARVE_SEED)
