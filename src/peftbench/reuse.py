@@ -32,6 +32,7 @@ _encodings: dict[str, dict[str, Any]] = {}
 _untuned: dict[str, tuple[list[Any], torch.Tensor]] = {}
 _flops: dict[str, dict[Shape, tuple[int, ...]]] = {}
 _memo: dict[tuple[str, str], Any] = {}
+_said: set[str] = set()
 
 
 def key(*parts: Any) -> str:
@@ -40,7 +41,7 @@ def key(*parts: Any) -> str:
 
 def clear() -> None:
     """Forget everything (tests; a long-lived process that changed files on disk)."""
-    for cache in (_splits, _encodings, _untuned, _flops, _memo):
+    for cache in (_splits, _encodings, _untuned, _flops, _memo, _said):
         cache.clear()
 
 
@@ -113,3 +114,10 @@ def memo(kind: str, k: str, compute: Callable[[], Any]) -> Any:
     if (kind, k) not in _memo:
         _memo[kind, k] = compute()
     return _memo[kind, k]
+
+
+def first_time(line: str) -> bool:
+    """True the first time a note is asked about in this process: a study says it once, not per run."""
+    new = line not in _said
+    _said.add(line)
+    return new

@@ -147,6 +147,12 @@ def prepare(cfg: RunConfig, method: Method, samples: bool) -> Prepared:
     return Prepared(task, model, budget, select, untuned)
 
 
+def messages(task: Any) -> list[str]:
+    """What the user should know about how the data was read (truncation, column matches); once per process."""
+    cut = truncation.warning(task.truncated, task.truncation_key)
+    return ([cut] if cut else []) + [f"note: {n}" for n in task.notes if reuse.first_time(n)]
+
+
 def check(cfg: RunConfig) -> None:
     """Refuse (UserError) what `run` would refuse before training: the method against this task, model and
     machine, its settings against the model's layers, the data. Loads and discards the model; nothing is stored."""
@@ -232,8 +238,8 @@ def run(
     # -- everything below may still refuse bad input; nothing is stored yet ----------
     prep = prepare(cfg, method, samples=True)
     task, model, budget, select, untuned = prep.task, prep.model, prep.budget, prep.select, prep.untuned
-    if cut := truncation.warning(task.truncated, task.truncation_key):
-        log(cut)
+    for line in messages(task):
+        log(line)
     device = parallel.device() or pick_device()
     model.to(device)
     precision.enable_tf32(cfg.train.precision, device)

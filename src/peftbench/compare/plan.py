@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from peftbench.config import RunConfig
@@ -32,14 +32,13 @@ class Probe:
     sizes: dict[str, int]  # examples per split
     steps: int | None  # the config's own steps budget (steps or epochs), if it has one
     batch_examples: int  # examples per optimizer step
-    warning: str | None = None  # max_length cuts much of a split (tasks/truncation.py)
+    messages: list[str] = field(default_factory=list)  # truncation, column matches: said once (runner.messages)
 
 
 def probe(cfg: RunConfig, label: str) -> Probe:
     """Check the config as a run would (UserError if it cannot run), then time one step and a few evaluations."""
     from peftbench import reuse
-    from peftbench.runner import normalize, pick_device, prepare
-    from peftbench.tasks import truncation
+    from peftbench.runner import messages, normalize, pick_device, prepare
     from peftbench.train import lm_loss, precision
     from peftbench.train.budget import device_sync
 
@@ -70,7 +69,7 @@ def probe(cfg: RunConfig, label: str) -> Probe:
         task.evaluate(model, "validation", cfg.train.eval_batch_size, limit=k)
         per_example = (time.perf_counter() - t0) / k
     return Probe(label, method.trains, flops, seconds, per_example, sizes, prep.budget.steps if method.trains else None,
-                 cfg.train.batch_size * cfg.train.grad_accum, truncation.warning(task.truncated, task.truncation_key))
+                 cfg.train.batch_size * cfg.train.grad_accum, messages(task))
 
 
 @dataclass

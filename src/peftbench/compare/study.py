@@ -203,8 +203,8 @@ def show_plan(plan: StudyPlan, budget: dict[str, Any], base: dict[str, Any], log
             for e in plan.entries if e.label in plan.probes]
     for line in lines(ests, text) if ests else []:
         log(line)
-    for warning in dict.fromkeys(p.warning for p in plan.probes.values() if p.warning):
-        log(warning)
+    for line in (m for p in plan.probes.values() for m in p.messages):
+        log(line)
 
 
 def _attempt(execute: Execute, raw: dict[str, Any], label: str, failures: list[Failure],

@@ -62,6 +62,8 @@ class Task(ABC):
     default_columns: ClassVar[dict[str, str]] = {}  # role -> column name when neither config nor data says (from column_roles)
     lm_scoring: bool = False  # set by the runner for in-context methods: no new head, score with the LM
     train_columns: tuple[str, ...] = ()  # the train split's columns, where a task looks for a role's alternates
+    column_formats: ClassVar[dict[str, str]] = {}  # role -> what its values may look like (peftbench tasks)
+    multi_column_roles: ClassVar[tuple[str, ...]] = ()  # roles that may read several columns: --column choices=a,b,c
 
     # Set by load_model:
     family: str
@@ -81,6 +83,8 @@ class Task(ABC):
 
     def __init__(self, spec: TaskSpec, model_kwargs: dict[str, Any] | None = None) -> None:
         self.spec = spec
+        self.case_matched: dict[str, str] = {}  # role -> the column used, found by a case-insensitive match
+        self.notes: list[str] = []  # what the user should know about how the data was read (logged once)
         self.head_modules = []
         self.model_kwargs = model_kwargs or {}  # the method's extra from_pretrained arguments (QLoRA's 4-bit)
 
@@ -218,6 +222,8 @@ class Task(ABC):
         role's alternates that train has, else the task default."""
         from peftbench.tasks.sources import builtin_columns
 
+        if role in self.case_matched:
+            return self.case_matched[role]
         explicit = getattr(self.spec.data, f"{role}_column") or builtin_columns(self.spec.data).get(role)
         if explicit:
             return explicit
@@ -230,21 +236,39 @@ class Task(ABC):
     @classmethod
     def column_docs(cls) -> dict[str, str]:
         """Role -> the column(s) it is read from by default, as `peftbench tasks` lists them."""
-        return {r.name: " ".join(filter(None, [" / ".join(r.alternates) or r.default, "(optional)" * (r.default is None)]))
+        return {r.name: " ".join(filter(None, [" / ".join(r.alternates) or r.default, "(optional)" * (r.default is None),
+                                               cls.column_formats.get(r.name, "")]))
                 for r in cls.column_roles}
 
     def require_columns(self, columns: dict[str, list[str]], roles: list[str]) -> None:
-        """Refuse a split that lacks the column of a role. `columns`: split -> its column names."""
+        """Refuse splits that lack a role's column, every missing one in one message. `columns`: split -> its
+        column names. A column that differs only in case from the one asked for is used, with a note."""
         self.require_distinct_columns()
-        for split, cols in columns.items():
-            for role in roles:
-                col = self.column(role)
-                if col is not None and col not in cols:
-                    flag = f"--{role.replace('_', '-')}-column NAME" if role in ("text", "label", "text_pair") else f"--column {role}=NAME"
-                    raise UserError(
-                        f"{role.replace('_', ' ')} column '{col}' is missing from the {split} split "
-                        f"(columns: {', '.join(cols)}); pass {flag}"
-                    )
+        missing: list[tuple[str, str, list[str]]] = []  # role, column, splits without it
+        for role in roles:
+            col = self.column(role)
+            for name in (col.split(",") if col and role in self.multi_column_roles else [col]) if col else []:
+                absent = [s for s, cols in columns.items() if name not in cols]
+                if not absent:
+                    continue
+                same = {next((c for c in cols if c.lower() == name.lower()), None) for cols in columns.values()}
+                if len(same) == 1 and None not in same and "," not in col:  # every split has it, in another case
+                    actual = same.pop()
+                    self.case_matched[role] = actual
+                    self.notes.append(f"{role.replace('_', ' ')} column '{name}' not found; using '{actual}', which differs in case")
+                    continue
+                missing.append((role, name, absent))
+        if not missing:
+            return
+        parts = [f"{role.replace('_', ' ')} column '{name}' is missing from the {', '.join(splits)} split{'s' * (len(splits) > 1)}"
+                 for role, name, splits in missing]
+        flags = " and ".join(dict.fromkeys(self.column_flag(role) for role, _, _ in missing))
+        there = next(cols for s, cols in columns.items() if s in missing[0][2])
+        raise UserError(f"{'; '.join(parts)} (columns: {', '.join(there)}); pass {flags}")
+
+    @staticmethod
+    def column_flag(role: str) -> str:
+        return f"--{role.replace('_', '-')}-column NAME" if role in ("text", "label", "text_pair") else f"--column {role}=NAME"
 
     def require_distinct_columns(self) -> None:
         """Refuse two roles read from one column: `--text-column label` would train on the answers."""

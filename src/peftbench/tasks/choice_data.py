@@ -109,7 +109,7 @@ def read_splits(dd: DatasetDict, columns: dict[str, str | None]) -> tuple[dict[s
     for split in SPLITS:
         ds = dd[split]
         questions = list(ds[q_col])
-        raw_choices = list(ds[c_col])
+        raw_choices = choice_values(ds, c_col)
         answers = list(ds[a_col])
         contexts = list(ds[t_col]) if t_col else None
         cols: Columns = {"question": [], "context": [], "choices": [], "answer": []}
@@ -129,9 +129,20 @@ def read_splits(dd: DatasetDict, columns: dict[str, str | None]) -> tuple[dict[s
             cols["question"].append(question)
             cols["context"].append(context)
             cols["choices"].append(texts)
-            cols["answer"].append(read_answer(answers[i], texts, labels, where, a_col))
+            answer = answers[i]
+            if "," in c_col and isinstance(answer, str) and answer.strip() in c_col.split(","):  # names its column
+                answer = c_col.split(",").index(answer.strip())
+            cols["answer"].append(read_answer(answer, texts, labels, where, a_col))
         splits[split] = cols
     return splits, num_choices
+
+
+def choice_values(ds: Any, col: str) -> list[Any]:
+    """Each row's choices: one column's lists, or, for `--column choices=a,b,c,d`, the texts of those columns."""
+    if "," not in col:
+        return list(ds[col])
+    cols = [list(ds[c]) for c in col.split(",")]
+    return [[str(c[i]) if c[i] is not None else "" for c in cols] for i in range(len(cols[0]))]
 
 
 def read_inputs(rows: list[dict[str, Any]], columns: dict[str, str], num_choices: int) -> Columns:
@@ -139,7 +150,8 @@ def read_inputs(rows: list[dict[str, Any]], columns: dict[str, str], num_choices
     split: Columns = {"question": [], "context": [], "choices": [], "answer": []}
     for i, r in enumerate(rows):
         where = f"{PREDICT} row {i + 1}"
-        texts, _ = read_choices(r.get(columns["choices"]), where, columns["choices"])
+        texts, _ = read_choices(choice_values({c: [r.get(c)] for c in columns["choices"].split(",")}, columns["choices"])[0]
+                                if "," in columns["choices"] else r.get(columns["choices"]), where, columns["choices"])
         if len(texts) != num_choices:  # the model scores a fixed number, as trained
             raise UserError(f"{where} has {len(texts)} choices; this run scores {num_choices} per question")
         split["question"].append(read_text(r.get(columns["question"]), where, "question", columns["question"], required=True))

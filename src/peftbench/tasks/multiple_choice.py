@@ -40,6 +40,12 @@ class MultipleChoice(Task):
     families = tuple(CHOICE_STRATEGIES.by_family)
     metrics = ("accuracy",)
     select_metric = "accuracy"
+    multi_column_roles = ("choices",)  # --column choices=answer_a,answer_b,answer_c,answer_d
+    column_formats = {
+        "choices": '— a list of texts (JSON, also inside a CSV cell), {"label": [...], "text": [...]}, '
+                   "or one column per choice: --column choices=a,b,c,d",
+        "answer": "— a label (A, B, ...), a 0-based index, a choice's text, or the name of its choice column",
+    }
     column_roles = (
         ColumnRole("question", "question", alternates=("question",)),
         ColumnRole("choices", "choices", alternates=("choices", "options", "endings")),

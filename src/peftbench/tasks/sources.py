@@ -19,7 +19,7 @@ from peftbench.config import DataSpec
 from peftbench.errors import UserError
 
 SPLITS = ("train", "validation", "test")
-SUFFIXES = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
 CARVE_SEED = 0
 
@@ -46,18 +46,18 @@ def builtin_columns(spec: DataSpec) -> dict[str, str]:
 
 
 def read_file(path: Path) -> Dataset:
-    """Read one CSV / JSON / JSONL / Parquet file; malformed input names its line."""
+    """Read one CSV / TSV / JSON / JSONL / Parquet file; malformed input names its line."""
     if path.is_dir():
         raise UserError(f"data file '{path}' is a folder, not a file; give a file (or pass the folder with --data)")
     if not path.is_file():
         raise UserError(f"data file '{path}' does not exist; check the path")
     fmt = SUFFIXES.get(path.suffix.lower())
     if fmt is None:
-        raise UserError(f"data file '{path}' has an unknown type; use .csv, .json, .jsonl or .parquet")
+        raise UserError(f"data file '{path}' has an unknown type; use .csv, .tsv, .json, .jsonl or .parquet")
     try:
-        if fmt == "csv":
+        if fmt in ("csv", "tsv"):
             try:
-                df = pd.read_csv(path)
+                df = pd.read_csv(path, sep="\t" if fmt == "tsv" else ",")
             except pd.errors.EmptyDataError:  # a 0-byte file: an empty split, reported as such
                 df = pd.DataFrame()
         elif fmt == "parquet":
@@ -205,7 +205,7 @@ def _read_splits(spec: DataSpec) -> DatasetDict:
         folder = Path(spec.source).expanduser()
         found = split_files(folder)
         if not found:
-            raise UserError(f"data folder '{folder}' holds no train/validation/test .csv/.json/.jsonl/.parquet files")
+            raise UserError(f"data folder '{folder}' holds no train/validation/test .csv/.tsv/.json/.jsonl/.parquet files")
         dd = DatasetDict({s: read_file(p) for s, p in found.items()})
     elif Path(spec.source).suffix.lower() in SUFFIXES:
         if not Path(spec.source).expanduser().is_file():
