@@ -114,7 +114,10 @@ def test_multiple_choice_predicts_the_chosen_text(tiny_models, tmp_path: Path) -
     row = train(raw, tmp_path / "r")
     rows, _ = read_inputs(row, [], data / "test.jsonl")  # choices as {"label": [...], "text": [...]}
     preds = predict(row, rows)
-    assert all(p in r["choices"]["text"] for p, r in zip(preds, rows)) and preds == evaluated(row)
+    for p, r in zip(preds, rows):  # "B (1): the text": letter, 0-based index and the choice's text
+        letter, index, text = p[0], int(p[p.index("(") + 1 : p.index(")")]), p.split("): ", 1)[1]
+        assert r["choices"]["text"][index] == text and letter == "ABCD"[index]
+    assert preds == evaluated(row)
     refused(lambda: read_inputs(row, ["a question ?"], None), "several columns", "--file")
     refused(lambda: predict(row, [{"question": "q ?", "choices": ["red", "blue"]}]), "predict row 1 has 2 choices", "4")
 

@@ -69,6 +69,17 @@ def normalize(cfg: RunConfig) -> tuple[RunConfig, Method]:
     return cfg, method
 
 
+def stored_config(cfg: RunConfig) -> dict[str, Any]:
+    """The config as the store shows it: canonical, except that data read from split files names those files
+    as its source (the default source would otherwise claim the built-in data). The hash stays canonical's."""
+    out = cfg.canonical()
+    data = out["task"]["data"]
+    files = [data[k] for k in ("train_file", "validation_file", "test_file") if data.get(k)]
+    if files:
+        data["source"] = " + ".join(files)
+    return out
+
+
 def config_hash(cfg: RunConfig) -> str:
     """Hash of the normalized config plus major.minor of the numerics-relevant packages (store/folder.py)."""
     return run_folder.digest(cfg.canonical(), versions())
@@ -250,7 +261,7 @@ def run(
         return RunOutcome(None, skipped=False)
 
     store = Store(results_dir)
-    run_id = store.begin(digest, cfg.canonical(), cfg.method.name, cfg.model.name, cfg.task.kind)
+    run_id = store.begin(digest, stored_config(cfg), cfg.method.name, cfg.model.name, cfg.task.kind)
     staged = store.staging(run_id)
     tracker = open_trackers(report_to or [], Path(results_dir), f"{cfg.method.name}-{run_id}",
                             {**cfg.canonical(), "run_id": run_id}) if report_to and parallel.is_main() else None

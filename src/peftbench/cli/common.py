@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from typing import Any, Callable
 
 import typer
@@ -50,11 +51,27 @@ app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True,
                   help="Fine-tune with PEFT methods and compare them fairly.")
 
 
+THIRD_PARTY = ("transformers", "peft", "torch", "accelerate", "datasets", "huggingface_hub", "sklearn", "gguf")
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """The libraries' warnings (deprecations, peft's notices) are not the user's to act on: hidden unless
+    --verbose, which shows each once."""
+    if verbose:
+        warnings.simplefilter("once")
+        return
+    for module in THIRD_PARTY:
+        warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
+
+
 @app.callback()
 def main_options(debug: bool = typer.Option(False, "--debug", help="Print the traceback of an internal error "
-                                            "(also PEFTBENCH_DEBUG=1).")) -> None:
+                                            "(also PEFTBENCH_DEBUG=1)."),
+                 verbose: bool = typer.Option(False, "--verbose", help="Show the libraries' own warnings (each once); "
+                                              "hidden otherwise.")) -> None:
     if debug:
         DEBUG["on"] = True
+    quiet_libraries(verbose)
 
 
 def friendly(fn: Callable) -> Callable:

@@ -125,13 +125,18 @@ def pareto_front(costs: Sequence[float], scores: Sequence[float], lower_is_bette
     return front
 
 
+def axis_values(xs: list[float], unit: str) -> tuple[list[float], str]:
+    """Values and unit for an EngFormatter axis: ms become s, since SI prefixes on ms read "1 kms"."""
+    return ([x / 1000 for x in xs], "s") if unit == "ms" else (xs, unit)
+
+
 def pareto(section: Section, cost: str) -> bytes | None:
     metric = section.select_metric
     cells = [c for c in section.cells if cost in c.costs and metric in c.test]
     if len(cells) < 2:
         return None
     name, unit = COSTS[cost]
-    xs = [c.costs[cost].mean for c in cells]
+    xs, unit = axis_values([c.costs[cost].mean for c in cells], unit)
     ys = [c.test[metric].mean for c in cells]
     errs = [c.test[metric].half_width or 0.0 for c in cells]
     front = pareto_front(xs, ys, section.lower_is_better)

@@ -196,7 +196,9 @@ class MultipleChoice(Task):
         return letter(int(prediction))
 
     def render_for(self, split: str, i: int, prediction: Any) -> str:
-        return self.splits[split]["choices"][i][int(prediction)]
+        """The chosen choice as letter, 0-based index and text: "B (1): a lake"."""
+        j = int(prediction)
+        return f"{letter(j)} ({j}): {self.splits[split]['choices'][i][j]}"
 
     def describe(self) -> dict[str, Any]:
         from peftbench.metrics.trivial import choice_baselines
