@@ -89,7 +89,7 @@ def stored_threads(out: str, results: Path) -> dict:
 
 def test_the_flag_sets_the_count_and_the_run_records_it(tiny_config_args: list[str], tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(threads, "_state", {"fixed": None, "policy": None, "default": 2})  # torch's count at start
+    monkeypatch.setattr(threads, "_state", {"fixed": None, "default": 2})  # torch's count at start
     res = CliRunner().invoke(app, ["run", *tiny_config_args, "--threads", "1", "--json"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert stored_threads(res.stdout, tmp_path) == {"count": 1, "wait_policy": threads.wait_policy(), "why": "--threads"}
@@ -104,7 +104,7 @@ def test_the_flag_sets_the_count_and_the_run_records_it(tiny_config_args: list[s
 
 
 def test_auto_takes_the_free_cores(tiny_config_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(threads, "_state", {"fixed": None, "policy": None, "default": 2})
+    monkeypatch.setattr(threads, "_state", {"fixed": None, "default": 2})
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
     for load, want in ((0.2, 2), (1.1, 1)):
         monkeypatch.setattr(threads, "other_load", lambda load=load: load)

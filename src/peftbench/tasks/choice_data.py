@@ -108,10 +108,10 @@ def read_splits(dd: DatasetDict, columns: dict[str, str | None]) -> tuple[dict[s
     num_choices, first = 0, ""
     for split in SPLITS:
         ds = dd[split]
-        questions = list(ds[q_col])
-        raw_choices = list(ds[c_col])
-        answers = list(ds[a_col])
-        contexts = list(ds[t_col]) if t_col else None
+        questions = ds[q_col][:]  # [:]: one Arrow read; iterating a datasets Column formats row by row
+        raw_choices = ds[c_col][:]
+        answers = ds[a_col][:]
+        contexts = ds[t_col][:] if t_col else None
         cols: Columns = {"question": [], "context": [], "choices": [], "answer": []}
         for i in range(len(ds)):
             where = f"{split} row {i + 1}"

@@ -60,7 +60,7 @@ class OwnLoad:
 
 
 _own = OwnLoad()
-_state: dict[str, Any] = {"fixed": None, "policy": None}  # fixed: (count, why) from --threads or a sweep worker
+_state: dict[str, Any] = {"fixed": None}  # fixed: (count, why) from --threads or a sweep worker
 
 
 def other_load() -> float:
@@ -93,8 +93,8 @@ def start(threads: int | None = None, policy: str = "auto") -> str | None:
         if "OMP_WAIT_POLICY" in os.environ:  # the user's own setting stands
             return None
         want = "passive" if is_shared(other_load()) else "default"
-    if "torch" in sys.modules:  # the OpenMP runtime has read the environment already
-        return None if want in ("default", wait_policy()) else (
+    if "torch" in sys.modules:  # the OpenMP runtime has read the environment already; only an explicit ask is told
+        return None if policy == "auto" or want == wait_policy() else (
             f"wait policy {want} not applied: torch started with {wait_policy()}; set OMP_WAIT_POLICY before Python starts")
     if want != "default":
         os.environ["OMP_WAIT_POLICY"] = want.upper()
