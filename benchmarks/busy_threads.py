@@ -5,9 +5,10 @@ Each arm is a separate `peftbench run` process (the wait policy is read once per
 results folders; arms alternate (A B A B ...). The busy phase first starts a one-core Python busy
 loop and waits until the 1-minute load average has taken it in, as the automatic choice reads it.
 Reported per arm: the median wall and CPU time of the whole process and the run's stored training
-seconds, plus the threads and wait policy the run recorded.
+seconds, plus the threads and wait policy the run recorded. Runs skip latency and validate once
+(64 examples), so training is most of what differs.
 
-Run:  HF_HUB_OFFLINE=1 python benchmarks/busy_threads.py [--steps 16] [--pairs 3] [--phases busy,idle]
+Run:  HF_HUB_OFFLINE=1 python benchmarks/busy_threads.py [--steps 6] [--pairs 3] [--phases busy,idle]
 """
 
 from __future__ import annotations
@@ -28,8 +29,12 @@ BURN = "while True: pass"
 
 def run_once(extra: list[str], steps: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "peftbench.cli", "run", "-m", "lora", "--steps", str(steps),
-               "--max-eval-examples", "256", "--samples", "0", "--results-dir", tmp, "--json", *extra]
+        config = os.path.join(tmp, "run.yaml")  # training is what is compared: one validation point, no latency
+        with open(config, "w") as f:
+            f.write("measure: {latency: false}\n")
+        cmd = [sys.executable, "-m", "peftbench.cli", "run", "-c", config, "-m", "lora", "--steps", str(steps),
+               "--eval-every", str(steps), "--max-eval-examples", "64", "--samples", "0",
+               "--results-dir", os.path.join(tmp, "r"), "--json", *extra]
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         env.pop("OMP_WAIT_POLICY", None)
         before, load, t = resource.getrusage(resource.RUSAGE_CHILDREN), os.getloadavg()[0], time.perf_counter()
@@ -70,7 +75,7 @@ def phase(name: str, steps: int, pairs: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--phases", default="busy,idle")
     args = ap.parse_args()

@@ -30,7 +30,7 @@ from peftbench.train import lm_loss, precision  # noqa: E402
 def arm(model_name: str, task: str, prec: str, batch_size: int) -> tuple[torch.nn.Module, torch.optim.Optimizer, dict]:
     raw = {"model": {"name": model_name}, "task": {"kind": task, "samples": 0},
            "method": {"name": "lora"}, "train": {"precision": prec, "steps": 8, "batch_size": batch_size}}
-    if task == "generation":
+    if task == "summarization":
         raw["task"]["data"] = {"source": "builtin:dialogsum"}
     cfg, method = normalize(RunConfig.model_validate(raw))
     prep = prepare(cfg, method, samples=False)
@@ -61,7 +61,7 @@ def main() -> None:
     flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
     print(f"cpu flags: avx512_bf16={'avx512_bf16' in flags} amx_bf16={'amx_bf16' in flags}; torch {torch.__version__}, "
           f"{args.threads} thread(s)")
-    task = "generation" if args.model == "smollm2" else "classification"
+    task = "summarization" if args.model == "smollm2" else "classification"
     arms = {p: arm(args.model, task, p, args.batch_size) for p in ("fp32", "bf16")}
     shape = tuple(next(iter(arms["fp32"][2].values())).shape)
     for p, (m, o, b) in arms.items():  # warm-up: oneDNN's first-call setup, the optimizer's state

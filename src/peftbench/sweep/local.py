@@ -103,9 +103,12 @@ def _worker(slot: int, parent: int, threads: tuple[int, str], gpus: int, quiet: 
     _die_with_parent(parent)
     if gpus:  # one GPU per worker, round robin, chosen before torch initialises CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+    import torch
+
     from peftbench.train.threads import fix
 
-    fix(*threads)  # each run sets and records it (runner)
+    torch.set_num_threads(threads[0])  # also for what a worker does outside a run (FLOPs calibration)
+    fix(*threads)  # and each run sets and records it (runner)
     warnings.filters[:] = quiet["warnings"]
     if "verbosity" in quiet:
         from transformers.utils import logging
