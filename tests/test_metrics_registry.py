@@ -167,3 +167,28 @@ def test_text_statistics_over_a_resample_score_it(data: tuple[list[list[str]], l
     for n in (1, 2, 3, 4):  # and sacrebleu's own corpus score agrees
         direct = BLEU(max_ngram_order=n, effective_order=True).corpus_score(sub_preds, streams(sub_refs)).score / 100
         assert bleu(sub_preds, sub_refs)[f"bleu{n}"] == pytest.approx(direct, abs=1e-12)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(data=labelled(), bound=st.booleans())
+def test_macro_scores_equal_sklearns_to_the_last_bit(data: tuple[list[int], list[int], list[int]], bound: bool) -> None:
+    """Issue 14: the macro scores no longer call sklearn (1.4 s to import in every run); they must not move."""
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    refs, preds, _ = data
+    labels = [0, 1, 2, 3] if bound else None
+    kw = {"labels": labels} if bound else {}
+    for name, fn in (("macro_f1", f1_score), ("macro_precision", precision_score), ("macro_recall", recall_score)):
+        assert summable(name).bind(labels).score(refs, preds) == float(fn(refs, preds, average="macro", zero_division=0, **kw))
+
+
+def test_scoring_a_classification_does_not_import_sklearn() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from peftbench.metrics.classification import classification_metrics; "
+            "classification_metrics([0, 1, 2], [0, 2, 2]); print('sklearn' in sys.modules)")
+    src = str(Path(__file__).parents[1] / "src")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONPATH": src})
+    assert out.stdout.strip() == "False"

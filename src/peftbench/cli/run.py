@@ -30,6 +30,14 @@ def _execute(raw: dict, results_dir: Path, force: bool, report_to: Optional[str]
         reporter.close()
 
 
+def _start_threads(opts: dict[str, Any]) -> None:
+    """--threads and --wait-policy, before torch is imported (OpenMP reads its wait policy once)."""
+    from peftbench.train import threads
+
+    if note := threads.start(opts["threads"], opts["wait_policy"]):
+        err.print(f"note: {note}", highlight=False)
+
+
 def _check_report_to(value: Optional[str]) -> None:
     """Refuse an unknown or uninstalled tracker before any run starts."""
     from peftbench.track import check_trackers, parse_kinds
@@ -55,6 +63,7 @@ def run_cmd(
     opts: dict[str, Any] = {},
 ) -> None:
     """Fine-tune one method and store the measured result."""
+    _start_threads(opts)
     raw, _ = build_config(config, opts)
     from peftbench.report.tables import compare_table, summary
 
@@ -82,6 +91,7 @@ def compare_cmd(
     opts: dict[str, Any] = {},
 ) -> None:
     """Compare methods on one model and task at an equal budget (training FLOPs by default), then tabulate."""
+    _start_threads(opts)  # first: the study imports torch
     from peftbench.compare.study import StudyPlan, entries_from, run_study
     from peftbench.report.tables import summary
 

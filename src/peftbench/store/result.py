@@ -165,6 +165,7 @@ class RunResult:
     samples: list[Sample] = field(default_factory=list)
     precision: str | None = None  # train.precision and model.dtype as resolved; None in runs stored before them
     dtype: str | None = None
+    threads: dict[str, Any] | None = None  # {count, wait_policy, why} (train/threads.py); None in older runs
 
     @property
     def scored_on_test(self) -> bool:
@@ -187,11 +188,13 @@ class RunResult:
     def to_dict(self) -> dict[str, Any]:
         # precision and dtype after device, only when known: older results stay byte-identical
         numerics = {k: getattr(self, k) for k in ("precision", "dtype") if getattr(self, k) is not None}
+        machine = {"threads": self.threads} if self.threads is not None else {}  # likewise, after processes
         return {
             "test": self.test, "validation": self.validation, "metrics": self.metrics,
             "select_metric": self.select_metric, "best_step": self.best_step, "lr": self.lr,
             "budget": self.budget.to_dict(), "optimizer": self.optimizer, "costs": self.costs.to_dict(),
-            "task": self.task, "device": self.device, **numerics, "processes": self.processes, "versions": self.versions,
+            "task": self.task, "device": self.device, **numerics, "processes": self.processes, **machine,
+            "versions": self.versions,
             "samples": [s.to_dict() for s in self.samples],
         }
 
@@ -207,7 +210,7 @@ class RunResult:
             device=d.get("device"), processes=d.get("processes"), versions=d.get("versions") or {},
             samples=[Sample(s.get("input", ""), s.get("target", ""), s.get("untuned", ""), s.get("tuned", ""))
                      for s in d.get("samples") or []],
-            precision=d.get("precision"), dtype=d.get("dtype"),
+            precision=d.get("precision"), dtype=d.get("dtype"), threads=d.get("threads"),
         )
 
 

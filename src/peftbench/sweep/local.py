@@ -98,14 +98,17 @@ def _quiet_settings() -> dict[str, Any]:
     return out
 
 
-def _worker(slot: int, parent: int, threads: int, gpus: int, quiet: dict[str, Any], results_dir: str,
+def _worker(slot: int, parent: int, threads: tuple[int, str], gpus: int, quiet: dict[str, Any], results_dir: str,
             force: bool, report_to: list[str] | None, jobs: Any, events: Any) -> None:
     _die_with_parent(parent)
     if gpus:  # one GPU per worker, round robin, chosen before torch initialises CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
     import torch
 
-    torch.set_num_threads(threads)
+    from peftbench.train.threads import fix
+
+    torch.set_num_threads(threads[0])  # also for what a worker does outside a run (FLOPs calibration)
+    fix(*threads)  # and each run sets and records it (runner)
     warnings.filters[:] = quiet["warnings"]
     if "verbosity" in quiet:
         from transformers.utils import logging
@@ -140,7 +143,8 @@ def run_workers(jobs: list[tuple[int, dict[str, Any]]], results_dir: Path, force
     n = min(workers, len(jobs))
     for _ in range(n):
         todo.put(None)
-    threads, quiet = max(1, cores() // workers), _quiet_settings()
+    threads = (max(1, cores() // workers), f"sweep: {cores()} cores / {workers} workers")
+    quiet = _quiet_settings()
     procs: dict[int, Any] = {}
     current: dict[int, int] = {}  # worker pid -> index of the config it runs
 

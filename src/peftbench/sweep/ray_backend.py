@@ -20,9 +20,12 @@ def _task(index: int, config: dict[str, Any], results_dir: str, force: bool, cwd
           report_to: list[str] | None) -> Outcome:
     import torch
 
+    from peftbench.train.threads import fix
+
     if os.path.isdir(cwd):
         os.chdir(cwd)
     torch.set_num_threads(threads)
+    fix(threads, f"ray task: {threads} CPU")  # each run sets and records it (runner)
     return execute(index, config, results_dir, force, report_to)
 
 

@@ -108,10 +108,10 @@ def read_splits(dd: DatasetDict, columns: dict[str, str | None]) -> tuple[dict[s
     num_choices, first = 0, ""
     for split in SPLITS:
         ds = dd[split]
-        questions = list(ds[q_col])
+        questions = ds[q_col][:]  # [:]: one Arrow read; iterating a datasets Column formats row by row
         raw_choices = choice_values(ds, c_col)
-        answers = list(ds[a_col])
-        contexts = list(ds[t_col]) if t_col else None
+        answers = ds[a_col][:]
+        contexts = ds[t_col][:] if t_col else None
         cols: Columns = {"question": [], "context": [], "choices": [], "answer": []}
         for i in range(len(ds)):
             where = f"{split} row {i + 1}"
@@ -140,8 +140,8 @@ def read_splits(dd: DatasetDict, columns: dict[str, str | None]) -> tuple[dict[s
 def choice_values(ds: Any, col: str) -> list[Any]:
     """Each row's choices: one column's lists, or, for `--column choices=a,b,c,d`, the texts of those columns."""
     if "," not in col:
-        return list(ds[col])
-    cols = [list(ds[c]) for c in col.split(",")]
+        return ds[col][:]
+    cols = [ds[c][:] for c in col.split(",")]
     return [[str(c[i]) if c[i] is not None else "" for c in cols] for i in range(len(cols[0]))]
 
 

@@ -44,7 +44,7 @@ class Classification(Task):
         self.require_columns({s: dd[s].column_names for s in SPLITS}, self.checked_roles())
         text_col, label_col, pair_col = self.column("text"), self.column("label"), self.column("text_pair")
         for split in SPLITS:
-            odd = next((v for v in dd[split][label_col] if isinstance(v, (list, dict))), None)
+            odd = next((v for v in dd[split][label_col][:] if isinstance(v, (list, dict))), None)
             if odd is not None:
                 raise UserError(
                     f"label column '{label_col}' in {split} holds lists or objects (e.g. {odd!r}); "
@@ -59,7 +59,7 @@ class Classification(Task):
         index = {name: i for i, name in enumerate(self.labels)}
         self.splits = {}
         for split in SPLITS:
-            raw = [self._label_str(dd[split], v) for v in list(dd[split][label_col])]
+            raw = self._label_strs(dd[split])
             unknown = sorted({v for v in raw if v not in index})
             if unknown:
                 raise UserError(
@@ -80,7 +80,7 @@ class Classification(Task):
 
     @staticmethod
     def _texts(ds: Dataset | dict[str, list[Any]], column: str, split: str, role: str) -> list[str]:
-        texts = list(ds[column])
+        texts = list(ds[column][:])  # [:]: one Arrow read; iterating a datasets Column formats row by row
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
             raise UserError(
@@ -94,18 +94,19 @@ class Classification(Task):
         feat = ds.features.get(col)
         if getattr(feat, "names", None):  # ClassLabel from a hub dataset
             return list(feat.names)
-        values = {self._label_str(ds, v) for v in list(ds[col])}
+        values = set(self._label_strs(ds))
         if any(v in ("None", "nan", "") for v in values):
             raise UserError(f"label column '{col}' has empty values; fill or drop those rows")
         return sorted(values, key=lambda v: (0, int(v)) if v.lstrip("-").isdigit() else (1, v))
 
-    def _label_str(self, ds: Dataset, v: Any) -> str:
-        feat = ds.features.get(self.column("label"))
-        if getattr(feat, "names", None):
-            return feat.names[v]
-        if isinstance(v, float) and not math.isnan(v) and v.is_integer():
-            v = int(v)
-        return str(v)
+    def _label_strs(self, ds: Dataset) -> list[str]:
+        """The label column as strings. Column and features are looked up once: `Dataset.features`
+        deep-copies on every access, and that per row was most of load_data's time."""
+        col = self.column("label")
+        names = getattr(ds.features.get(col), "names", None)
+        if names:
+            return [names[v] for v in ds[col][:]]
+        return [str(int(v) if isinstance(v, float) and not math.isnan(v) and v.is_integer() else v) for v in ds[col][:]]
 
     @property
     def train_size(self) -> int:

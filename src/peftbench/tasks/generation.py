@@ -154,7 +154,7 @@ class GenerationTask(Task):
 
     def text_values(self, dd: DatasetDict, split: str, role: str) -> list[Any]:
         col = self.column(role)
-        values = list(dd[split][col])
+        values = dd[split][col][:]  # one Arrow read, not row by row
         bad = next((i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip())), None)
         if bad is not None:
             raise UserError(f"{role} column '{col}' in {split} row {bad + 1} is empty; fill or drop that row")
@@ -166,7 +166,7 @@ class GenerationTask(Task):
         if col is None or col not in dd[split].column_names:
             return [[t] for t in targets]
         out = []
-        for i, (t, refs) in enumerate(zip(targets, list(dd[split][col]))):
+        for i, (t, refs) in enumerate(zip(targets, dd[split][col][:])):
             refs = [refs] if isinstance(refs, str) else [r for r in (refs or []) if isinstance(r, str) and r.strip()]
             out.append(refs or [t])
         return out

@@ -97,7 +97,9 @@ def build(model: nn.Module, spec: TrainSpec, lr: float, total_steps: int | None,
     groups = param_groups(model, spec.weight_decay)
     warmup = warmup_steps(spec, total_steps) if total_steps is not None else 0
     if spec.optimizer == "adamw":
-        # Fused on CUDA (one kernel, no host sync, and fp16's scaler steps it without one); the CPU's as before.
+        # Fused on CUDA (one kernel, no host sync, and fp16's scaler steps it without one). Not on CPU: there it
+        # steps full fine-tuning 6x faster but not bit-identically (benchmarks/cpu_fused_adamw.py), so stored
+        # CPU results would change.
         fused = all(p.is_cuda and p.is_floating_point() for g in groups for p in g["params"])
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=lr, **({"fused": True} if fused else {}))
     elif spec.optimizer == "adafactor":

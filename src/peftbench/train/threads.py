@@ -1,0 +1,140 @@
+"""Torch's intra-op threads and OpenMP's wait policy for the machine as it is when a run starts.
+
+On a machine other work also uses, torch's spin-waiting OpenMP threads fight it for the cores:
+a step ran 5-8x slower with 2 spinning threads on 2 busy cores than with 1. So a run takes the
+cores it may use (`os.sched_getaffinity`) less the load of other work (the 1-minute load average
+less this process's own share of it), at least 1 and at most torch's own default (so an idle
+machine keeps today's count, and today's numbers). The wait policy (OMP_WAIT_POLICY) is read
+once, when torch loads its OpenMP runtime: `start` sets it before torch is imported, passive when
+other work runs, else libgomp's default (spin a while, then sleep). Nothing here imports torch at
+module level, so the command line can call `start` first.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+SHARED_LOAD = 0.5  # other work's load from which the machine counts as shared (half a core kept busy)
+LOAD_WINDOW = 60.0  # seconds: the time constant of the kernel's 1-minute load average
+POLICIES = ("auto", "active", "passive")
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def choose(cores: int, other_load: float, cap: int | None = None) -> int:
+    """Threads for `cores` usable cores with `other_load` runnable elsewhere: the free cores, rounded
+    half up (a load of 0.4 leaves a core free, 0.6 does not), at least 1, at most `cap` (default: cores)."""
+    cap = cores if cap is None else min(cap, cores)
+    free = cores - max(other_load, 0.0) if math.isfinite(other_load) else 1
+    return max(1, min(cap, math.floor(free + 0.5)))
+
+
+def is_shared(other_load: float) -> bool:
+    return not math.isfinite(other_load) or other_load >= SHARED_LOAD
+
+
+class OwnLoad:
+    """This process's share of the load average, modelled as the kernel's exponential average of
+    its CPU use: a `compare` must not count its previous run as other work."""
+
+    def __init__(self, clock: Any = time.monotonic, cpu: Any = time.process_time) -> None:
+        self.clock, self.cpu = clock, cpu
+        self.t, self.used = clock(), cpu()
+        self.load = min(self.used / LOAD_WINDOW, float(usable_cores()))  # start-up: within the last minute
+
+    def now(self) -> float:
+        t, used = self.clock(), self.cpu()
+        dt = t - self.t
+        if dt > 0:
+            keep = math.exp(-dt / LOAD_WINDOW)
+            self.load = self.load * keep + (used - self.used) / dt * (1 - keep)
+            self.t, self.used = t, used
+        return self.load
+
+
+_own = OwnLoad()
+_state: dict[str, Any] = {"fixed": None}  # fixed: (count, why) from --threads or a sweep worker
+
+
+def other_load() -> float:
+    """The 1-minute load average less this process's own share; inf where the OS has no load average."""
+    try:
+        total = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return math.inf
+    return max(0.0, total - _own.now())
+
+
+def wait_policy() -> str:
+    """The policy in force: what OMP_WAIT_POLICY says (active or passive), else libgomp's default."""
+    value = os.environ.get("OMP_WAIT_POLICY", "").strip().lower()
+    return value if value in ("active", "passive") else "default"
+
+
+def start(threads: int | None = None, policy: str = "auto") -> str | None:
+    """Call before torch is imported (the CLI's run and compare do): fixes --threads and sets the wait
+    policy. Returns a note when torch already runs with another policy (it is then kept and recorded)."""
+    from peftbench.errors import UserError
+
+    if policy not in POLICIES:
+        raise UserError(f"--wait-policy {policy!r} is not one of {', '.join(POLICIES)}; e.g. --wait-policy passive")
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1 (got {threads}); leave it out to use the free cores")
+    _state["fixed"] = (threads, "--threads") if threads is not None else None  # a flag holds for this command only
+    want = policy
+    if policy == "auto":
+        if "OMP_WAIT_POLICY" in os.environ:  # the user's own setting stands
+            return None
+        want = "passive" if is_shared(other_load()) else "default"
+    if "torch" in sys.modules:  # the OpenMP runtime has read the environment already; only an explicit ask is told
+        return None if policy == "auto" or want == wait_policy() else (
+            f"wait policy {want} not applied: torch started with {wait_policy()}; set OMP_WAIT_POLICY before Python starts")
+    if want != "default":
+        os.environ["OMP_WAIT_POLICY"] = want.upper()
+    return None
+
+
+def fix(count: int, why: str) -> None:
+    """Every later run in this process uses `count` threads (an explicit flag, or a sweep worker's share)."""
+    _state["fixed"] = (count, why)
+
+
+@dataclass(frozen=True)
+class Choice:
+    count: int
+    wait_policy: str
+    why: str  # "--threads", "sweep: 4 cores / 2 workers", "auto: 2 cores, other load 0.31"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "wait_policy": self.wait_policy, "why": self.why}
+
+
+def default_count() -> int:
+    """Torch's own count at start-up (OMP_NUM_THREADS, else its default), before anything here changed it."""
+    import torch
+
+    if "default" not in _state:
+        _state["default"] = torch.get_num_threads()
+    return _state["default"]
+
+
+def for_run() -> Choice:
+    """Set torch's thread count for the run starting now and say what was chosen and why."""
+    import torch
+
+    cap = default_count()
+    if _state["fixed"]:
+        count, why = _state["fixed"]
+    else:
+        cores, load = usable_cores(), other_load()
+        count = choose(cores, load, cap)
+        why = f"auto: {cores} cores, other load {load:.2f}"
+    torch.set_num_threads(count)
+    return Choice(count, wait_policy(), why)
