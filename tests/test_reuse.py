@@ -100,3 +100,11 @@ def test_rewritten_data_is_read_anew(tmp_path):
     os.utime(f, ns=(1, 1))  # a new size and time
     reuse.splits(spec, lambda: loads.append(1) or {})
     assert len(loads) == 2
+
+
+def test_caches_keep_the_recent_setups_only():
+    recent = reuse.Recent(2)
+    recent["a"], recent["b"] = 1, 2
+    assert recent["a"] == 1  # used: now the newest
+    recent["c"] = 3
+    assert list(recent) == ["a", "c"] and recent.setdefault("d", 4) == 4 and list(recent) == ["c", "d"]

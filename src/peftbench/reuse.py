@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,34 @@ import torch
 
 from peftbench.measure.flops import Shape
 
+class Recent(OrderedDict):  # type: ignore[type-arg]
+    """A dict that keeps its `size` most recently used entries: a long sweep over many datasets or
+    models holds the few it is working on, not all it has seen."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __getitem__(self, k: Any) -> Any:
+        self.move_to_end(k)
+        return super().__getitem__(k)
+
+    def __setitem__(self, k: Any, v: Any) -> None:
+        super().__setitem__(k, v)
+        self.move_to_end(k)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+    def setdefault(self, k: Any, default: Any = None) -> Any:
+        if k not in self:
+            self[k] = default
+        return self[k]
+
+
 ENABLED = True  # off: every run builds everything itself (tests and benchmarks compare the two)
-_splits: dict[str, Any] = {}
-_encodings: dict[str, dict[str, Any]] = {}
-_untuned: dict[str, tuple[list[Any], torch.Tensor]] = {}
+_splits: Recent = Recent(4)
+_encodings: Recent = Recent(8)
+_untuned: Recent = Recent(64)
 _flops: dict[str, dict[Shape, tuple[int, ...]]] = {}
 _memo: dict[tuple[str, str], Any] = {}
 _said: set[str] = set()
