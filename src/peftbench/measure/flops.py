@@ -25,6 +25,8 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+from peftbench.measure.gen_flops import CallFigures, ShapeCounted, counted_modules
+
 Shape = tuple[tuple[str, tuple[int, ...]], ...]
 
 
@@ -131,6 +133,10 @@ class FlopMeter:
     cache: dict[Shape, tuple[int, ...]] = field(default_factory=dict)  # (forward, backward, recompute)
     recompute_flops: int = 0  # forward reruns of gradient checkpointing (in the backward pass)
 
+    def __post_init__(self) -> None:
+        # generation's per-call figures (measure/gen_flops.py); not a field, so checkpoints do not carry it
+        self.calls = CallFigures()
+
     @property
     def total(self) -> int:
         """Model FLOPs: forward + backward, no recomputation (budgets and MFU count these)."""
@@ -170,15 +176,35 @@ class FlopMeter:
             return model(**batch)
 
     def generate(self, model: nn.Module, batch: dict[str, torch.Tensor], **kwargs: Any) -> Any:
-        """model.generate with its FLOPs added; counted on every call, since each step's shapes differ."""
+        """model.generate with its FLOPs added: each forward shape counted once (measure/gen_flops.py)."""
         if not self.enabled:
             return model.generate(**batch, **kwargs)
-        t0 = time.perf_counter()
         with counter() as fc:
-            out = model.generate(**batch, **kwargs)
-        self.forward_flops += fc.get_total_flops()
-        self.counting_seconds += time.perf_counter() - t0
+            calls = ShapeCounted(fc, self.calls)
+            with calls.hooked(counted_modules(model)):
+                out = model.generate(**batch, **kwargs)
+        self.forward_flops += fc.get_total_flops() + calls.reused
+        self.counting_seconds += calls.counted_seconds
         return out
+
+    def count_step_from_row(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> None:
+        """Keeps (and adds) the FLOPs of a training step on this batch's shape, counted on its first row
+        times the batch size: every row runs the same ops on the same shapes, so a step costs B rows
+        (tests/test_flops_rows.py checks it against whole batches). A batch whose tensors disagree on
+        the number of rows is counted whole. For calibration: ~B times cheaper than counting the batch."""
+        rows = {v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() > 0}
+        if len(rows) != 1 or (n := rows.pop()) == 1:
+            self.train_step(model, batch)
+            return
+        one = FlopMeter()
+        one.train_step(model, {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+        figures = tuple(n * f for f in next(iter(one.cache.values())))
+        self.cache[shape_key(batch)] = figures
+        self.counted_shapes += 1
+        self.counting_seconds += one.counting_seconds
+        fwd, bwd, rec = figures
+        self.forward_flops, self.backward_flops = self.forward_flops + fwd, self.backward_flops + bwd
+        self.recompute_flops += rec
 
     def train_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Forward + backward of one micro-batch, counted; returns the loss, detached.
