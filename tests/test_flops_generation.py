@@ -85,6 +85,7 @@ def test_shape_counted_generation_equals_whole_counter(tiny_models, varied_data:
     gen = GenerationSpec(max_new_tokens=10, num_beams=beams)
     meter, ours, whole = both(task, model, gen)
     assert ours == whole and all(f > 0 for f in whole)
+    assert meter.calls.outside == 0  # nothing counted between forwards: later calls ran with no spanning counter
     half = len(whole) // 2
     assert meter.calls.counted_calls < meter.calls.reused_calls  # most forwards were not counted again
     assert meter.calls.counted_calls == len(meter.calls.exact)  # each counted once; the second pass counted nothing new
@@ -133,3 +134,26 @@ def test_cache_length_and_relative_description() -> None:
     mask = torch.ones(2, 8)
     assert describe(mask, 7) == describe(torch.ones(2, 9), 8) != describe(mask)  # L + 1 either way
     assert describe({"past_key_values": cache}, 7) != describe({"past_key_values": cache})
+
+
+class MatmulProcessor:
+    """A logits processor doing a matrix product outside the model's forwards."""
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return scores + (scores @ torch.ones(scores.shape[-1], 2)).sum(-1, keepdim=True) * 0
+
+
+def test_flops_between_forwards_keep_the_spanning_counter(tiny_models, varied_data: Path) -> None:
+    from transformers import LogitsProcessorList
+
+    task, model = adapted(tiny_models, varied_data, "llama", "lora")
+    prompts = sorted((task.codec.prompt(e.source) for e in task.splits["test"]), key=len)
+    meter = FlopMeter()
+    for i in range(0, len(prompts), 4):
+        batch = task.codec.collate([{"input_ids": p} for p in prompts[i : i + 4]], left=True)
+        kwargs = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0, "logits_processor": LogitsProcessorList([MatmulProcessor()])}
+        ref, before = Whole(), meter.forward_flops
+        ref.generate(model, batch, **kwargs)
+        meter.generate(model, batch, **kwargs)
+        assert meter.forward_flops - before == ref.flops
+    assert meter.calls.outside > 0 and meter.calls.reused_calls > 0

@@ -25,7 +25,8 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from peftbench.measure.gen_flops import CallFigures, ShapeCounted, counted_modules
+from peftbench.measure.gen_flops import CallFigures
+from peftbench.measure.gen_flops import generate as counted_generate
 
 Shape = tuple[tuple[str, tuple[int, ...]], ...]
 
@@ -179,12 +180,9 @@ class FlopMeter:
         """model.generate with its FLOPs added: each forward shape counted once (measure/gen_flops.py)."""
         if not self.enabled:
             return model.generate(**batch, **kwargs)
-        with counter() as fc:
-            calls = ShapeCounted(fc, self.calls)
-            with calls.hooked(counted_modules(model)):
-                out = model.generate(**batch, **kwargs)
-        self.forward_flops += fc.get_total_flops() + calls.reused
-        self.counting_seconds += calls.counted_seconds
+        out, flops, seconds = counted_generate(model, batch, kwargs, self.calls)
+        self.forward_flops += flops
+        self.counting_seconds += seconds
         return out
 
     def count_step_from_row(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> None:

@@ -1,12 +1,15 @@
 """Generation FLOPs counted per forward shape, not with a counter around every decoding step.
 
 A counter around a whole `generate` intercepts every operation of every step in Python
-(generation ran 1.86x slower). Here one FlopCounterMode still spans the call, so whatever runs
-outside the model's forwards (peft's prompt encoders, logits processors, beam bookkeeping) is
-counted as before; but each forward of the generating model, its encoder and peft's prompt
-encoders is keyed by what its FLOPs depend on: tensor shapes (never values), the KV cache's
-layer shapes and the other arguments. A key's first call runs under the counter and its figure
-is kept; a later call with that key runs with the counter popped and adds the figure.
+(generation ran 1.86x slower). Here each forward of the generating model, its encoder and peft's
+prompt encoders is keyed by what its FLOPs depend on: tensor shapes (never values), the KV
+cache's layer shapes and the other arguments. A key's first call runs under a counter and its
+figure is kept; a later call with that key runs uncounted and adds the figure.
+
+A meter's first generate call still runs inside one counter spanning the whole call (forwards
+with a kept figure take it off), so what runs outside those forwards is counted as before and
+measured: logits processors and beam bookkeeping do no matrix products, so it is 0 and later
+calls run with no counter between forwards. Where it is not 0, every call keeps the spanning one.
 
 Decoding steps differ only in the KV-cache length L, so every step of a batch would be a new
 shape. With a plain full-attention cache (transformers' DynamicLayer) a step's FLOPs are affine
@@ -110,6 +113,7 @@ class CallFigures:
     lines: dict[Hashable, Line] = field(default_factory=dict)  # by description relative to L
     counted_calls: int = 0  # forwards run under the counter
     reused_calls: int = 0  # forwards that added a kept figure
+    outside: int | None = None  # FLOPs counted outside the hooked forwards; None until a call measured it
 
 
 def counted_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -128,11 +132,39 @@ def _total(fc: FlopCounterMode) -> int:
     return sum(fc.flop_counts["Global"].values())
 
 
-class ShapeCounted:
-    """Hooks on the counted modules for the span of one counter around a generate call."""
+def counter_for_call() -> FlopCounterMode:
+    from peftbench.measure.flops import counter
 
-    def __init__(self, fc: FlopCounterMode, figures: CallFigures) -> None:
+    fc = counter()
+    fc.__enter__()  # left in the forward hook (it runs even when the forward raises)
+    return fc
+
+
+def generate(model: nn.Module, batch: dict[str, torch.Tensor], kwargs: dict[str, Any],
+             figures: CallFigures) -> tuple[Any, int, float]:
+    """model.generate, its FLOPs and the wall time of the forwards that ran counted."""
+    from peftbench.measure.flops import counter  # flops.py imports this module
+
+    if figures.outside == 0:  # nothing to count between forwards: only new forwards get a counter
+        calls = ShapeCounted(None, figures)
+        with calls.hooked(counted_modules(model)):
+            out = model.generate(**batch, **kwargs)
+        return out, calls.counted + calls.reused, calls.counted_seconds
+    with counter() as fc:
+        calls = ShapeCounted(fc, figures)
+        with calls.hooked(counted_modules(model)):
+            out = model.generate(**batch, **kwargs)
+    total = fc.get_total_flops()
+    figures.outside = (figures.outside or 0) + total - calls.counted  # once not 0, every call spans
+    return out, total + calls.reused, calls.counted_seconds
+
+
+class ShapeCounted:
+    """Hooks on the counted modules for one generate call, inside a counter spanning it (fc) or not (None)."""
+
+    def __init__(self, fc: FlopCounterMode | None, figures: CallFigures) -> None:
         self.fc, self.figures = fc, figures
+        self.counted = 0  # FLOPs of the forwards that ran counted
         self.reused = 0  # FLOPs added from kept figures (their calls ran uncounted)
         self.counted_seconds = 0.0  # wall time of the forwards run under the counter
         self.depth = 0  # nested counted modules (a model calling its encoder) act only at the outermost
@@ -158,12 +190,16 @@ class ShapeCounted:
             known = figures.exact.get(key) if key is not None else None
             if known is None and family in figures.lines:
                 known = figures.lines[family].predict(length)
+            if known is not None and self.fc is None:
+                self.frame = ("reuse", known, False)
+                return
             stack = _get_current_dispatch_mode_stack()
             if known is not None and stack and stack[-1] is self.fc.mode:  # take off our counter, never another mode
                 _pop_mode()
-                self.frame = ("reuse", known)
-            else:
-                self.frame = ("count", key, family, length, _total(self.fc), time.perf_counter())
+                self.frame = ("reuse", known, True)
+                return
+            fc = self.fc or counter_for_call()
+            self.frame = ("count", key, family, length, fc, _total(fc), time.perf_counter())
         return hook
 
     def post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -172,12 +208,17 @@ class ShapeCounted:
             return
         figures = self.figures
         if self.frame[0] == "reuse":
-            _push_mode(self.fc.mode)
-            self.reused += self.frame[1]
+            _, known, popped = self.frame
+            if popped:
+                _push_mode(self.fc.mode)
+            self.reused += known
             figures.reused_calls += 1
         else:
-            _, key, family, length, before, t0 = self.frame
-            flops = _total(self.fc) - before
+            _, key, family, length, fc, before, t0 = self.frame
+            if fc is not self.fc:
+                fc.__exit__(None, None, None)
+            flops = _total(fc) - before
+            self.counted += flops
             if output is None:  # the forward raised (hooks run always): its partial count is no figure
                 key = family = None
             if key is not None:
