@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Hashable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,15 +145,13 @@ def generate(model: nn.Module, batch: dict[str, torch.Tensor], kwargs: dict[str,
     """model.generate, its FLOPs and the wall time of the forwards that ran counted."""
     from peftbench.measure.flops import counter  # flops.py imports this module
 
-    if figures.outside == 0:  # nothing to count between forwards: only new forwards get a counter
-        calls = ShapeCounted(None, figures)
-        with calls.hooked(counted_modules(model)):
-            out = model.generate(**batch, **kwargs)
-        return out, calls.counted + calls.reused, calls.counted_seconds
-    with counter() as fc:
+    # outside == 0: nothing to count between forwards, so only new forwards get a counter
+    with nullcontext() if figures.outside == 0 else counter() as fc:
         calls = ShapeCounted(fc, figures)
         with calls.hooked(counted_modules(model)):
             out = model.generate(**batch, **kwargs)
+    if fc is None:
+        return out, calls.counted + calls.reused, calls.counted_seconds
     total = fc.get_total_flops()
     figures.outside = (figures.outside or 0) + total - calls.counted  # once not 0, every call spans
     return out, total + calls.reused, calls.counted_seconds
