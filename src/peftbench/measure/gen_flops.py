@@ -169,7 +169,7 @@ class ShapeCounted:
         self.frame: tuple[Any, ...] = ()
 
     def _keys(self, role: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-        head = (role, type(module).__name__, module.training)
+        head = (role, id(module), type(module).__name__, module.training)  # a meter's figures are its model's
         try:
             key = (*head, describe(args), describe(kwargs))
             length = cache_length(kwargs)
