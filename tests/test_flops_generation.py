@@ -11,13 +11,11 @@ import torch
 from torch import nn
 
 from conftest import write_jsonl
-from peftbench import models
-from peftbench.config import GenerationSpec, parse_config
+from peftbench.config import GenerationSpec
 from peftbench.measure.flops import FlopMeter, counter
 from peftbench.measure.gen_flops import Line, cache_length, describe
-from peftbench.methods.base import Context
-from peftbench.runner import make_task, normalize
 from test_generation import config, dialogue_rows
+from test_latency import adapted as adapted_as_run
 
 
 class Whole:
@@ -47,13 +45,7 @@ def varied_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def adapted(tiny_models, data: Path, arch: str, method: str, **params: Any):
     raw = config(tiny_models(arch), data, "summarization", max_length=56)
-    cfg, m = normalize(parse_config({**raw, "method": {"name": method, "params": params}}))
-    task = make_task(cfg, m)
-    task.load_data()
-    model, _ = task.load_model(cfg.model)
-    ctx = Context(task.peft_task_type, models.resolve(cfg.model), 10, family=task.family, head_modules=list(task.head_modules))
-    torch.manual_seed(1)
-    model = m.apply(model, ctx)
+    task, model, _ = adapted_as_run(raw, method, **params)
     model.eval()
     return task, model
 

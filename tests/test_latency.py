@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,10 +19,10 @@ SPEC = MeasureSpec(latency_batch=8, latency_repeats=2)
 KEYS = {"b1_ms", "bN_ms", "batch", "throughput"}
 
 
-def adapted(raw: dict, method: str):
+def adapted(raw: dict, method: str, **params: Any):
     """Task, adapted model and method as the runner builds them, the adapter's weights made non-trivial
     (an untrained LoRA adds zero, so merging it would prove nothing)."""
-    cfg, m = normalize(parse_config({**raw, "method": {"name": method}}))
+    cfg, m = normalize(parse_config({**raw, "method": {"name": method, "params": params}}))
     task = make_task(cfg, m)
     task.load_data()
     model, _ = task.load_model(cfg.model)
