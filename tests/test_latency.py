@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,10 +19,10 @@ SPEC = MeasureSpec(latency_batch=8, latency_repeats=2)
 KEYS = {"b1_ms", "bN_ms", "batch", "throughput"}
 
 
-def adapted(raw: dict, method: str):
+def adapted(raw: dict, method: str, **params: Any):
     """Task, adapted model and method as the runner builds them, the adapter's weights made non-trivial
     (an untrained LoRA adds zero, so merging it would prove nothing)."""
-    cfg, m = normalize(parse_config({**raw, "method": {"name": method}}))
+    cfg, m = normalize(parse_config({**raw, "method": {"name": method, "params": params}}))
     task = make_task(cfg, m)
     task.load_data()
     model, _ = task.load_model(cfg.model)
@@ -94,3 +95,79 @@ def test_a_merge_that_changes_predictions_is_reported(tiny_config: dict) -> None
 
     method.merge = broken_merge
     assert measure(task, model, method, torch.device("cpu"), SPEC)["merged"]["merged_matches"] is False
+
+
+# -- adaptive repeats (issue 14 item 5) ------------------------------------------------------------
+
+class FakeClock:
+    """Each timed call reads the clock twice; the call lasts the next of `durations` (ms)."""
+
+    def __init__(self, durations: list[float]) -> None:
+        self.durations, self.reads, self.now = iter(durations), 0, 0.0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        if self.reads % 2 == 0:
+            self.now += next(self.durations) / 1000
+        return self.now
+
+
+def test_repeats_stop_once_the_median_interval_is_within_five_percent() -> None:
+    from peftbench.measure.latency import repeat_until_stable
+
+    # n = 6..8 the 95% interval of the median is [min, max] and holds the 200; at n = 9 it is [x2, x8]
+    values = iter([100.0] * 5 + [200.0] + [100.0] * 20)
+    t = repeat_until_stable(lambda: next(values), least=2, most=20)
+    assert (t.repeats, t.met, t.median) == (9, True, 100.0)
+    steady = iter([50.0] * 30)
+    assert repeat_until_stable(lambda: next(steady), least=1, most=20).repeats == 6  # the fewest a 95% interval needs
+    steady = iter([50.0] * 30)
+    assert repeat_until_stable(lambda: next(steady), least=8, most=20).repeats == 8  # never fewer than asked
+
+
+def test_the_cap_holds_when_the_interval_never_narrows() -> None:
+    from peftbench.measure.latency import repeat_until_stable
+
+    noisy = iter([100.0, 200.0] * 50)
+    t = repeat_until_stable(lambda: next(noisy), least=2, most=12)
+    assert (t.repeats, t.met) == (12, False)
+    noisy = iter([100.0, 200.0] * 50)
+    assert repeat_until_stable(lambda: next(noisy), least=15, most=12).repeats == 15  # latency_repeats wins
+
+
+def test_measure_records_repeats_and_whether_the_interval_was_met(tiny_config: dict, monkeypatch) -> None:
+    from peftbench.measure import latency
+    from peftbench.store import Latency
+
+    task, model, method = adapted(tiny_config, "prompt")  # no merged copy: one b1 and one bN series
+    b1 = [500.0] + [10.0] * 6  # warm-up, then steady: stops at 6
+    bn = [900.0] + [40.0, 80.0] * 4  # never within 5%: the cap of 8
+    clock = FakeClock(b1 + bn)
+    monkeypatch.setattr(latency, "clock", clock)
+    out = measure(task, model, method, torch.device("cpu"), MeasureSpec(latency_batch=8, latency_repeats=3, latency_max_repeats=8))
+    assert out["repeats"] == {"b1": 6, "bN": 8} and out["interval_met"] == {"b1": True, "bN": False}
+    assert out["b1_ms"] == pytest.approx(10.0) and out["bN_ms"] == pytest.approx(60.0)
+    assert clock.reads == 2 * (len(b1) + len(bn))  # the warm-ups are timed and dropped
+    stored = Latency.from_dict(out)
+    assert stored is not None and stored.to_dict()["repeats"] == {"b1": 6, "bN": 8}
+    assert stored.to_dict()["interval_met"] == {"b1": True, "bN": False}
+
+
+def test_generation_latency_uses_a_few_prompts(tiny_models, tmp_path: Path) -> None:
+    from conftest import write_jsonl
+    from peftbench.measure.latency import GENERATION_BATCH
+    from test_generation import config, dialogue_rows
+
+    for split, n in (("train", 8), ("validation", 4), ("test", 12)):
+        write_jsonl(tmp_path / f"{split}.jsonl", dialogue_rows(n, 1))
+    task, model, method = adapted(config(tiny_models("llama"), tmp_path, "summarization"), "prompt")
+    out = measure(task, model, method, torch.device("cpu"), MeasureSpec(latency_batch=32, latency_repeats=1, latency_max_repeats=6))
+    check_figures(out, GENERATION_BATCH)
+    assert 1 <= out["repeats"]["bN"] <= 6
+
+
+def test_latency_max_repeats_keeps_old_hashes_at_its_default() -> None:
+    from peftbench.config import RunConfig
+
+    assert "latency_max_repeats" not in RunConfig().canonical()["measure"]
+    assert RunConfig(measure=MeasureSpec(latency_max_repeats=9)).canonical()["measure"]["latency_max_repeats"] == 9

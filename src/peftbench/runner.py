@@ -176,7 +176,8 @@ def calibrate_flops(cfg: RunConfig, steps: int | None = None) -> int:
     steps or epochs budget), counted without training.
 
     FLOPs depend only on batch shapes, so each distinct shape among those batches gets one
-    counted forward + backward (gradients dropped, no update); the rest reuse its figure.
+    counted forward + backward of its first row, times the batch size (gradients dropped, no
+    update); the rest reuse its figure.
     """
     cfg, method = normalize(cfg)
     if not method.trains:
@@ -200,10 +201,8 @@ def _calibrate(cfg: RunConfig, method: Method, steps: int | None) -> int:
         batch = next(batches)
         key = shape_key(batch)
         if key not in meter.cache:
-            with meter.count(batch):  # the training loop's own forward + backward
-                with precision.autocast(cfg.train.precision, device.type):  # a half base's fp32 head needs it
-                    loss = lm_loss.loss(model, {k: v.to(device) for k, v in batch.items()})
-                loss.backward()
+            with precision.autocast(cfg.train.precision, device.type):  # a half base's fp32 head needs it
+                meter.count_step_from_row(model, {k: v.to(device) for k, v in batch.items()}, lm_loss.loss)
             model.zero_grad(set_to_none=True)
         total += sum(meter.cache[key][:2])  # model FLOPs: forward + backward, no recomputation
     return total

@@ -15,7 +15,7 @@ The training loop writes its own forward + backward inside `FlopMeter.count(batc
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,9 +25,12 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+from peftbench.measure.gen_flops import CallFigures
+from peftbench.measure.gen_flops import generate as counted_generate
 from peftbench.measure.phases import phase
 
 Shape = tuple[tuple[str, tuple[int, ...]], ...]
+LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 
 
 def _register_cpu_sdpa() -> None:
@@ -137,6 +140,8 @@ class FlopMeter:
         # counted_shapes: distinct shapes this meter's FLOPs came from, counted here or found in a cache
         # an earlier run of the process filled (reuse.py); a plain attribute, so checkpoints skip it
         self._seen: set[Shape] = set()
+        # generation's per-call figures (measure/gen_flops.py); not a field, so checkpoints do not carry it
+        self.calls = CallFigures()
 
     @property
     def total(self) -> int:
@@ -165,13 +170,16 @@ class FlopMeter:
             self.cache[key] = tuple(phase_flops(fc, p) for p in ("forward", "backward", "recompute"))
             self.counting_seconds += time.perf_counter() - t0
         if self.enabled:
-            if key not in self._seen:
-                self._seen.add(key)
-                self.counted_shapes += 1
-            fwd, bwd, *rec = self.cache[key]  # a checkpoint saved before recomputation was counted holds pairs
-            self.forward_flops += fwd
-            self.backward_flops += bwd
-            self.recompute_flops += sum(rec)
+            self._add(key)
+
+    def _add(self, key: Shape) -> None:
+        if key not in self._seen:
+            self._seen.add(key)
+            self.counted_shapes += 1
+        fwd, bwd, *rec = self.cache[key]  # a checkpoint saved before recomputation was counted holds pairs
+        self.forward_flops += fwd
+        self.backward_flops += bwd
+        self.recompute_flops += sum(rec)
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
         """A forward pass whose FLOPs are added (evaluation: no backward)."""
@@ -179,22 +187,36 @@ class FlopMeter:
             return model(**batch)
 
     def generate(self, model: nn.Module, batch: dict[str, torch.Tensor], **kwargs: Any) -> Any:
-        """model.generate with its FLOPs added; counted on every call, since each step's shapes differ."""
+        """model.generate with its FLOPs added: each forward shape counted once (measure/gen_flops.py)."""
         if not self.enabled:
             return model.generate(**batch, **kwargs)
-        t0 = time.perf_counter()
-        with counter() as fc:
-            out = model.generate(**batch, **kwargs)
-        self.forward_flops += fc.get_total_flops()
-        self.counting_seconds += time.perf_counter() - t0
+        out, flops, seconds = counted_generate(model, batch, kwargs, self.calls)
+        self.forward_flops += flops
+        self.counting_seconds += seconds
         return out
 
-    def train_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Forward + backward of one micro-batch, counted; returns the loss, detached.
+    def count_step_from_row(self, model: nn.Module, batch: dict[str, torch.Tensor], loss_fn: LossFn | None = None) -> None:
+        """Keeps (and adds) the FLOPs of a training step on this batch's shape, counted on its first row
+        times the batch size: every row runs the same ops on the same shapes, so a step costs B rows
+        (tests/test_flops_rows.py checks it against whole batches). A batch whose tensors disagree on
+        the number of rows is counted whole. For calibration: ~B times cheaper than counting the batch."""
+        rows = {v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() > 0}
+        if len(rows) != 1 or (n := rows.pop()) == 1:
+            self.train_step(model, batch, loss_fn)
+            return
+        one = FlopMeter()
+        one.train_step(model, {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, loss_fn)
+        self.cache[shape_key(batch)] = tuple(n * f for f in next(iter(one.cache.values())))
+        self.counting_seconds += one.counting_seconds
+        self._add(shape_key(batch))
+
+    def train_step(self, model: nn.Module, batch: dict[str, torch.Tensor], loss_fn: LossFn | None = None) -> torch.Tensor:
+        """Forward + backward of one micro-batch, counted; returns the loss, detached. loss_fn: the training
+        loop's (lm_loss.loss), so forward and backward FLOPs split as the loop's do; default the model's loss.
 
         For counting without training (calibration, tests); the training loop writes its own.
         """
         with self.count(batch):
-            loss = model(**batch).loss
+            loss = loss_fn(model, batch) if loss_fn else model(**batch).loss
             loss.backward()
         return loss.detach()

@@ -2,7 +2,10 @@
 
 Timed is the task's own prediction path (evaluate with score=False): tokenizing, the forward
 pass, generation with the run's decoding or label scoring, but no teacher-forced loss and no
-metrics, which a request does not pay. One warm-up, then the median of `latency_repeats`.
+metrics, which a request does not pay. One warm-up, then timed repeats until the median's
+distribution-free 95% interval lies within +-5% of it (at least `latency_repeats`, at most
+`latency_max_repeats`); the stored figures say how many ran and whether the interval got there.
+Generation tasks time a few prompts at batch N (GENERATION_BATCH), not a batch of 32 generations.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,7 +22,37 @@ from torch import nn
 
 from peftbench.config import MeasureSpec
 from peftbench.methods.base import Method
+from peftbench.stats.intervals import median_interval
 from peftbench.tasks.base import Task
+
+TARGET = 0.05  # the median's 95% interval within +-5% of it
+GENERATION_BATCH = 4  # prompts at batch N for tasks that generate: a request's cost, not an evaluation pass's
+clock: Callable[[], float] = time.perf_counter  # tests put a fake clock here
+
+
+@dataclass
+class Timing:
+    median: float
+    repeats: int
+    met: bool  # the interval got within TARGET before the cap
+
+
+def stable(samples: list[float], target: float = TARGET) -> bool:
+    interval = median_interval(samples)
+    if interval is None:
+        return False
+    mid = statistics.median(samples)
+    return mid - interval[0] <= target * mid and interval[1] - mid <= target * mid
+
+
+def repeat_until_stable(once: Callable[[], float], least: int, most: int) -> Timing:
+    """Call `once` (it returns a duration) until the median is stable, at least `least` times, at most max(least, most)."""
+    samples: list[float] = []
+    while len(samples) < max(least, most):
+        samples.append(once())
+        if len(samples) >= least and stable(samples):
+            break
+    return Timing(statistics.median(samples), len(samples), stable(samples))
 
 
 def _sync(device: torch.device) -> None:
@@ -25,32 +60,43 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(task: Task, model: nn.Module, n: int, device: torch.device, repeats: int) -> tuple[float, list[Any]]:
+def _timed(task: Task, model: nn.Module, n: int, device: torch.device, spec: MeasureSpec) -> tuple[Timing, list[Any]]:
     """Median milliseconds to predict the test split's first n examples as one batch, and the predictions."""
     # Multiple choice batches count sequences, one per choice: n questions are n x choices sequences.
     per_example = getattr(task, "num_choices", 1)
+    preds: list[Any] = []
 
-    def once() -> tuple[float, list[Any]]:
+    def once() -> float:
+        nonlocal preds
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = clock()
         preds = task.evaluate(model, "test", n * per_example, limit=n, score=False).predictions
         _sync(device)
-        return time.perf_counter() - t0, preds
+        return (clock() - t0) * 1000
 
-    _, preds = once()  # warm-up: kernels, allocator, cached tokenization
-    return statistics.median(once()[0] for _ in range(repeats)) * 1000, preds
+    once()  # warm-up: kernels, allocator, cached tokenization
+    return repeat_until_stable(once, spec.latency_repeats, spec.latency_max_repeats), preds
 
 
 def _figures(task: Task, model: nn.Module, n: int, device: torch.device, spec: MeasureSpec) -> tuple[dict[str, Any], list[Any]]:
-    b1, _ = _timed(task, model, 1, device, spec.latency_repeats)
-    bn, preds = _timed(task, model, n, device, spec.latency_repeats)
-    return {"b1_ms": b1, "bN_ms": bn, "batch": n, "throughput": n / (bn / 1000)}, preds
+    b1, _ = _timed(task, model, 1, device, spec)
+    bn, preds = _timed(task, model, n, device, spec)
+    return {"b1_ms": b1.median, "bN_ms": bn.median, "batch": n, "throughput": n / (bn.median / 1000),
+            "repeats": {"b1": b1.repeats, "bN": bn.repeats}, "interval_met": {"b1": b1.met, "bN": bn.met}}, preds
+
+
+def batch_size(task: Task, spec: MeasureSpec) -> int:
+    """N: spec.latency_batch, at most the test split, and at most GENERATION_BATCH prompts for generation."""
+    from peftbench.tasks.generation import GenerationTask
+
+    cap = GENERATION_BATCH if isinstance(task, GenerationTask) else spec.latency_batch
+    return max(1, min(spec.latency_batch, cap, task.split_size("test")))
 
 
 def measure(task: Task, model: nn.Module, method: Method, device: torch.device, spec: MeasureSpec) -> dict[str, Any]:
-    """Latency at batch 1 and at batch N (spec.latency_batch, at most the test split), and throughput
-    at N; for methods that can merge, the same of the merged model (a copy: `model` is untouched)."""
-    n = max(1, min(spec.latency_batch, task.split_size("test")))
+    """Latency at batch 1 and at batch N (batch_size), and throughput at N; for methods that can merge,
+    the same of the merged model (a copy: `model` is untouched)."""
+    n = batch_size(task, spec)
     out, preds = _figures(task, model, n, device, spec)
     if not method.can_merge:
         return out

@@ -42,3 +42,15 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval:
     sem = float(x.std(ddof=1)) / math.sqrt(x.size)
     t = float(stats.t.ppf(0.5 + confidence / 2, df=x.size - 1))
     return Interval(float(x.mean()), t * sem, int(x.size))
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """Distribution-free confidence interval of the median: order statistics [x_(k), x_(n+1-k)], with k
+    the largest such that P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2. None while n is too small
+    (n < 6 at 95%: even [min, max] covers less)."""
+    xs = sorted(values)
+    n, tail = len(xs), (1 - confidence) / 2
+    k, below = 0, 0.0
+    while k < n and (below := below + math.comb(n, k) / 2**n) <= tail:
+        k += 1
+    return (xs[k - 1], xs[n - k]) if k else None

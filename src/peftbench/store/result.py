@@ -50,19 +50,21 @@ class Latency:
     merged: Latency | None = None
     merged_matches: bool | None = None  # only on the merged figures
     same_model: bool | None = None  # merged figures of a method whose model is already plain
+    repeats: dict[str, int] | None = None  # timed repeats of b1 and bN (adaptive: measure/latency.py)
+    interval_met: dict[str, bool] | None = None  # whether each median's 95% interval got within +-5%
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Latency | None:
         if not d:
             return None
         return cls(d.get("b1_ms"), d.get("bN_ms"), d.get("batch"), d.get("throughput"), cls.from_dict(d.get("merged")),
-                   d.get("merged_matches"), d.get("same_model"))
+                   d.get("merged_matches"), d.get("same_model"), d.get("repeats"), d.get("interval_met"))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"b1_ms": self.b1_ms, "bN_ms": self.bN_ms, "batch": self.batch, "throughput": self.throughput}
         if self.merged is not None:
             out["merged"] = self.merged.to_dict()
-        for key in ("merged_matches", "same_model"):  # present only where measure.latency sets them
+        for key in ("merged_matches", "same_model", "repeats", "interval_met"):  # only where measure.latency sets them
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
