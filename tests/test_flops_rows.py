@@ -80,9 +80,9 @@ def test_calibration_counts_rows_and_matches_training(tiny_config: dict) -> None
     calls: list[int] = []
     real = FlopMeter.train_step
 
-    def spy(self: FlopMeter, model: Any, batch: dict) -> Any:
+    def spy(self: FlopMeter, model: Any, batch: dict, loss_fn: Any = None) -> Any:
         calls.append(batch["input_ids"].shape[0])
-        return real(self, model, batch)
+        return real(self, model, batch, loss_fn)
 
     FlopMeter.train_step = spy  # type: ignore[method-assign]
     try:
