@@ -80,9 +80,9 @@ def file_hash(path: Path) -> str:
 
 def locate(name: str, gguf: str, revision: str | None) -> Path | None:
     """The GGUF file on this machine: in a local folder, as a path, or already in the hub cache; else None."""
-    for candidate in (Path(name).expanduser() / gguf, Path(gguf).expanduser()):
-        if candidate.is_file():
-            return candidate
+    candidate = Path(name).expanduser() / gguf  # an absolute gguf path stays itself
+    if candidate.is_file():
+        return candidate
     try:
         from huggingface_hub import try_to_load_from_cache
 
