@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
 from torch import nn
 
+from peftbench import gguf_cache
 from peftbench.config import DEFAULT_MODEL, ModelSpec
 from peftbench.errors import UserError
 
@@ -90,7 +92,7 @@ def resolve(spec: ModelSpec) -> str:
     if path.is_file():
         raise UserError(f"model path '{path}' is a file; point --model at the folder of a saved Hugging Face model")
     if path.exists():
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").is_file() and not (spec.gguf_file and (path / spec.gguf_file).is_file()):
             raise UserError(f"model folder '{path}' has no config.json; point --model at a saved Hugging Face model folder")
         return str(path)
     if looks_local:
@@ -102,7 +104,10 @@ def load_pretrained(auto_cls: Any, spec: ModelSpec, **kwargs: Any) -> Any:
     """from_pretrained with peftbench's rules: no remote code unless asked, clear errors."""
     name = resolve(spec)
     gguf = SMOLLM2_FILE if spec.name == SMOLLM2 else spec.gguf_file
-    if gguf:  # transformers dequantizes GGUF weights to float on load
+    if gguf:  # transformers dequantizes GGUF weights to float on load: once, then from the cache's copy
+        cached = _from_gguf_cache(auto_cls, spec, name, gguf, kwargs)
+        if cached is not None:
+            return cached
         kwargs["gguf_file"] = gguf
     try:
         return auto_cls.from_pretrained(
@@ -120,6 +125,20 @@ def load_pretrained(auto_cls: Any, spec: ModelSpec, **kwargs: Any) -> Any:
         why = " and the hub is offline (HF_HUB_OFFLINE=1)" if offline else ""
         fix = "check the model folder's files" if local else "give a local model folder or a reachable hub id"
         raise UserError(f"cannot load model '{spec.name}'{why}: {_one_line(err)}; {fix}") from None
+
+
+def _from_gguf_cache(auto_cls: Any, spec: ModelSpec, name: str, gguf: str, kwargs: dict[str, Any]) -> Any:
+    """from_pretrained on the GGUF's cached safetensors folder; an entry that fails to load is rebuilt once.
+    None where there is no cache to use (the GGUF path then loads and reports errors as before)."""
+    for _ in range(2):
+        folder = gguf_cache.folder_for(name, gguf, spec.revision)
+        if folder is None:
+            return None
+        try:
+            return auto_cls.from_pretrained(str(folder), trust_remote_code=spec.trust_remote_code, **kwargs)
+        except (OSError, ValueError, KeyError, SafetensorError):  # damaged beyond what the manifest shows
+            shutil.rmtree(folder, ignore_errors=True)
+    return None
 
 
 def _one_line(err: BaseException) -> str:

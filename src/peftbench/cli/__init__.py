@@ -12,7 +12,7 @@ import warnings
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")  # libraries' own bars (GGUF dequantizing); ours are rich
 
-from peftbench.cli import listing, predict_export, report, results, run, sweep  # noqa: E402
+from peftbench.cli import cache, listing, predict_export, report, results, run, sweep  # noqa: E402
 from peftbench.cli.common import app  # noqa: E402
 
 app.command("run")(run.run_cmd)
@@ -24,6 +24,7 @@ app.command("report")(report.report_cmd)
 app.command("predict")(predict_export.predict_cmd)
 app.command("tasks")(listing.tasks_cmd)
 app.add_typer(results.results_app, name="results")
+app.add_typer(cache.cache_app, name="cache")
 
 __all__ = ["app", "main"]
 

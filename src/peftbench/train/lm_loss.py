@@ -10,14 +10,16 @@ equal the unchunked ones.
 Without gradients (evaluation), the model also runs on groups of rows (row_groups), so attention
 scores and activations never exist for a whole evaluation batch of 64 long rows either.
 
-Where the head is not a plain nn.Linear (a LoRA or modules_to_save wrapper on lm_head) or the model
-changes its logits after the head (soft-capping, logit scaling), the plain `model(**batch).loss` path runs.
+Where the head is not a plain nn.Linear (a LoRA or modules_to_save wrapper on lm_head), training takes the
+plain `model(**batch).loss` path, while scoring and evaluation (no gradients) call the wrapper chunk by chunk.
+Where the model changes its logits after the head (soft-capping, logit scaling), the model's own logits
+are used, for groups of rows of at most CHUNK positions.
 Prompt tuning's virtual tokens come first in the output: they get no label, as peft gives them none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -40,15 +42,20 @@ def base_model(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def lm_head(model: nn.Module) -> tuple[nn.Module, nn.Linear, bool] | None:
-    """(the transformers model, its plain LM head, whether it is seq2seq), or None when chunking cannot apply."""
+def lm_head(model: nn.Module, wrapped: bool = False) -> tuple[nn.Module, nn.Module, bool] | None:
+    """(the transformers model, its LM head, whether it is seq2seq), or None when chunking cannot apply.
+
+    The head is a plain nn.Linear, or with `wrapped` (no gradients) any module (a peft wrapper) whose
+    forward maps hidden states to logits."""
     base = base_model(model)
     name = type(base).__name__
     seq2seq = bool(getattr(base.config, "is_encoder_decoder", False))
     if not ENABLED or not (seq2seq or name.endswith(("ForCausalLM", "LMHeadModel"))):
         return None
     head = base.get_output_embeddings()
-    if type(head) is not nn.Linear or any(getattr(base.config, k, None) not in (None, 1, 1.0) for k in _LOGIT_CHANGES):
+    if not isinstance(head, nn.Module) or (type(head) is not nn.Linear and not wrapped):
+        return None
+    if any(getattr(base.config, k, None) not in (None, 1, 1.0) for k in _LOGIT_CHANGES):
         return None
     return base, head, seq2seq
 
@@ -58,7 +65,7 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def _headless(base: nn.Module, head: nn.Linear) -> Iterator[torch.Tensor | None]:
+def _headless(base: nn.Module, head: nn.Module) -> Iterator[torch.Tensor | None]:
     """The model's forward returns hidden states as its logits; yields the bias added after the head (BART's)."""
     bias = base._buffers.get("final_logits_bias")
     head.forward = _identity  # type: ignore[method-assign]  # an instance attribute, deleted after
@@ -73,7 +80,7 @@ def _headless(base: nn.Module, head: nn.Linear) -> Iterator[torch.Tensor | None]
 
 
 def hidden_states(model: nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor,
-                  found: tuple[nn.Module, nn.Linear, bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                  found: tuple[nn.Module, nn.Module, bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(hidden [N, H], labels aligned with them [N], the head's extra bias): a causal LM's labels move one left."""
     base, head, seq2seq = found
     inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -87,10 +94,9 @@ def hidden_states(model: nn.Module, batch: dict[str, torch.Tensor], labels: torc
     return hidden.flatten(0, 1), labels.flatten(), extra_bias
 
 
-def _chunk_nll(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-               y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _chunk_nll(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """fp32 logits of one chunk, their logsumexp, and each position's negative log-likelihood (0 where unlabelled)."""
-    logits = F.linear(h, weight, bias).float()
+    logits = logits.float()
     lse = logits.logsumexp(-1)
     picked = logits.gather(1, y.clamp(min=0)[:, None]).squeeze(1)
     return logits, lse, (lse - picked) * (y != IGNORE)
@@ -110,7 +116,7 @@ class _ChunkedCE(torch.autograd.Function):
         total = torch.zeros((), device=hidden.device)
         for s in range(0, hidden.shape[0], chunk):
             h, y = hidden[s : s + chunk], labels[s : s + chunk]
-            logits, lse, nll = _chunk_nll(h, weight, bias, y)
+            logits, lse, nll = _chunk_nll(F.linear(h, weight, bias), y)
             total += nll.sum()
             if need_h or need_w or need_b:
                 with counted_as("backward"):  # what autograd's backward of the head would have run
@@ -141,12 +147,25 @@ def _bias(head: nn.Linear, extra: torch.Tensor | None) -> torch.Tensor | None:
     return head.bias + extra
 
 
-def row_groups(batch: dict[str, torch.Tensor], rows: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Without gradients, the batch in groups of rows of at most EVAL_POSITIONS positions: every row is
-    scored alone, so the sum over groups is the batch's, and attention scores and MLP activations
-    exist for one group at a time (most of what is left of an evaluation pass's memory)."""
+def _projection(head: nn.Module, extra: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Hidden states to logits as the model computes them: the head's own forward (a peft wrapper's too;
+    _headless replaced it on the instance only), then any bias the model adds after it."""
+    if type(head) is nn.Linear:
+        bias = _bias(head, extra)
+        return lambda h: F.linear(h, head.weight, bias)
+    forward = type(head).forward
+    return lambda h: forward(head, h) if extra is None else forward(head, h) + extra
+
+
+def row_groups(batch: dict[str, torch.Tensor], rows: int, positions: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Without gradients (or when `positions` is given), the batch in groups of rows of at most
+    EVAL_POSITIONS (or `positions`) positions: every row is scored alone, so the sum over groups is the
+    batch's, and attention scores and MLP activations exist for one group at a time (most of what is
+    left of an evaluation pass's memory)."""
     width = next(iter(batch.values())).shape[-1]
-    step = rows if torch.is_grad_enabled() else max(1, EVAL_POSITIONS // width)
+    if positions is None and not torch.is_grad_enabled():
+        positions = EVAL_POSITIONS
+    step = rows if positions is None else max(1, positions // width)
     for s in range(0, rows, step):
         yield {k: v[s : s + step] for k, v in batch.items()}
 
@@ -156,6 +175,12 @@ def loss_and_output(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[t
     (None when the loss was chunked: there are no logits then)."""
     labels = batch.get("labels")
     found = lm_head(model) if labels is not None and labels.dim() == 2 else None
+    if found is None and labels is not None and labels.dim() == 2 and not torch.is_grad_enabled():
+        scored = lm_head(model, wrapped=True)  # a wrapped head: called chunk by chunk
+        if scored is not None:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            sums, counts = _scored_logprobs(model, inputs, labels, scored)
+            return -sums.sum() / counts.sum(), None
     if found is None:
         out = model(**batch)
         return out.loss, out
@@ -174,21 +199,43 @@ def loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def logprobs(model: nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor,
              seq2seq: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: the summed log-probability of its labelled tokens and their count (no gradient)."""
-    found = lm_head(model)
-    if found is None:
-        from peftbench.tasks.text import choice_logprobs  # the plain path: full logits
+    """Per row: the summed log-probability of its labelled tokens and their count (no gradient).
 
-        logits = model(**batch).logits[:, -labels.shape[1] :]  # prompt tuning puts virtual tokens first
-        return choice_logprobs(logits, labels, shift=not seq2seq)
+    Log-softmax runs over CHUNK positions at a time; the whole [rows, length, vocab] logits never exist."""
+    found = lm_head(model, wrapped=True)
+    if found is None:
+        return _model_logprobs(model, batch, labels, seq2seq)
+    return _scored_logprobs(model, batch, labels, found)
+
+
+def _scored_logprobs(model: nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor,
+                     found: tuple[nn.Module, nn.Module, bool]) -> tuple[torch.Tensor, torch.Tensor]:
+    """logprobs() from the hidden states, the head applied per chunk of positions."""
     sums = []
     for part in row_groups({**batch, "labels": labels}, labels.shape[0]):
         hidden, flat, bias = hidden_states(model, part, part["labels"], found)
+        project = _projection(found[1], bias)
         n = part["labels"].shape[0]
         rows = torch.arange(n, device=flat.device).repeat_interleave(len(flat) // n)
         part_sums = torch.zeros(n, device=flat.device)
         for s in range(0, len(flat), CHUNK):
-            nll = _chunk_nll(hidden[s : s + CHUNK], found[1].weight, _bias(found[1], bias), flat[s : s + CHUNK])[2]
+            nll = _chunk_nll(project(hidden[s : s + CHUNK]), flat[s : s + CHUNK])[2]
             part_sums.index_add_(0, rows[s : s + CHUNK], -nll)
         sums.append(part_sums)
     return torch.cat(sums), (labels != IGNORE).sum(-1)
+
+
+def _model_logprobs(model: nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor,
+                    seq2seq: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """logprobs() from the model's own logits (it changes them after the head), for groups of rows of at
+    most CHUNK positions: only one group's logits exist at a time."""
+    from peftbench.tasks.text import choice_logprobs
+
+    sums, counts = [], []
+    for part in row_groups({**batch, "labels": labels}, labels.shape[0], positions=CHUNK):
+        part_labels = part.pop("labels")
+        logits = model(**part).logits[:, -part_labels.shape[1] :]  # prompt tuning puts virtual tokens first
+        s, c = choice_logprobs(logits, part_labels, shift=not seq2seq)
+        sums.append(s)
+        counts.append(c)
+    return torch.cat(sums), torch.cat(counts)
