@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,9 +26,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def one(src: Path, args: list[str], threads: int | None) -> dict:
-    """One comparison from the source tree `src`: wall, CPU, phases and test scores."""
+def one(src: Path, args: list[str], threads: int | None, keep: Path | None = None) -> dict:
+    """One comparison from the source tree `src`: wall, CPU, phases and test scores (results kept in `keep`)."""
     with tempfile.TemporaryDirectory() as tmp:
+        if keep is not None:
+            shutil.rmtree(keep, ignore_errors=True)
+            keep.mkdir(parents=True)
+            Path(f"{tmp}/r").symlink_to(keep.resolve(), target_is_directory=True)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(src), "PEFTBENCH_PHASES": f"{tmp}/phases.json"}
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
@@ -61,13 +66,14 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=1, help="comparisons per source tree, alternating")
     ap.add_argument("--src", type=Path, help="another source tree to run side by side (e.g. an older checkout's src)")
     ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the runs (default: as peftbench chooses)")
+    ap.add_argument("--keep", type=Path, help="keep this source tree's last results here (then: peftbench report --results-dir)")
     ap.add_argument("compare_args", nargs="*", help="arguments for peftbench compare (after --)")
     a = ap.parse_args()
     trees = {"this": ROOT / "src", **({"other": a.src.resolve()} if a.src else {})}
     results: dict[str, list[dict]] = {k: [] for k in trees}
     for rep in range(a.reps):
         for name, src in (trees.items() if rep % 2 == 0 else reversed(trees.items())):
-            res = one(src, a.compare_args, a.threads)
+            res = one(src, a.compare_args, a.threads, a.keep if name == "this" else None)
             results[name].append(res)
             print(f"rep {rep + 1} {name}: wall {res['wall']:.1f} s, cpu {res['cpu']:.1f} s", flush=True)
     for name, runs in results.items():

@@ -156,3 +156,24 @@ def test_the_policy_set_before_torch_starts_is_the_one_openmp_uses() -> None:
         assert name == policy
         spent[policy] = float(cpu)
     assert spent["active"] > 0.05 and spent["passive"] < 0.02, spent
+
+
+def test_other_load_is_sampled_now_not_a_minute_late(monkeypatch):
+    import subprocess
+    import sys
+
+    from peftbench.train import threads
+
+    ticks = iter([(1000, 4000), (1000 + 60, 4000 + 120)])  # half of all ticks busy over the window
+    monkeypatch.setattr(threads, "_busy_ticks", lambda: next(ticks))
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    assert abs(threads.busy_now(0.01) - 1.0) < 0.2  # one of two cores, less this process's own (sleeping) share
+    monkeypatch.undo()
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        assert threads.other_load() > 0.6  # a real busy process is seen at once
+    finally:
+        burner.kill()

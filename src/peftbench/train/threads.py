@@ -63,8 +63,41 @@ _own = OwnLoad()
 _state: dict[str, Any] = {"fixed": None}  # fixed: (count, why) from --threads or a sweep worker
 
 
+SAMPLE = 0.3  # seconds of /proc/stat sampling: what other processes keep busy now
+
+
+def _busy_ticks() -> tuple[int, int] | None:
+    """(busy, total) CPU ticks of the whole machine since boot, from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle and iowait
+    return sum(ticks[:8]) - idle, sum(ticks[:8])
+
+
+def busy_now(window: float = SAMPLE) -> float | None:
+    """Cores other processes keep busy right now: the machine's busy share over a short window, times
+    its cores, less this process's own CPU time in it. None where /proc/stat is missing."""
+    a, own, t = _busy_ticks(), time.process_time(), time.monotonic()
+    if a is None:
+        return None
+    time.sleep(window)
+    b, own, t = _busy_ticks(), time.process_time() - own, time.monotonic() - t
+    if b is None or b[1] == a[1]:
+        return None
+    share = (b[0] - a[0]) / (b[1] - a[1])  # of all cores the kernel counts
+    return max(0.0, share * (os.cpu_count() or 1) - own / t)
+
+
 def other_load() -> float:
-    """The 1-minute load average less this process's own share; inf where the OS has no load average."""
+    """Cores other work keeps busy: sampled now where /proc/stat exists (the 1-minute load average lags a
+    minute behind: right after other work ends it still reads busy), else the load average less this
+    process's own share; inf where the OS says neither."""
+    now = busy_now()
+    if now is not None:
+        return now
     try:
         total = os.getloadavg()[0]
     except (AttributeError, OSError):
