@@ -18,6 +18,14 @@ from peftbench.store import Costs, RunResult, Store
 TF = 1e12
 
 
+@pytest.fixture(autouse=True)
+def idle_machine(monkeypatch):
+    """Probes here are cached as on an idle machine, whatever else runs (cpu_peak skips caching when busy)."""
+    from peftbench.train import threads
+
+    monkeypatch.setattr(threads, "other_load", lambda: 0.0)
+
+
 @pytest.mark.parametrize("name,precision,tflops", [
     ("NVIDIA H100 80GB HBM3", "bf16", 989.0), ("NVIDIA H200", "bf16", 989.0), ("NVIDIA H100 PCIe", "bf16", 756.0),
     ("NVIDIA A100-SXM4-80GB", "bf16", 312.0), ("NVIDIA A100 80GB PCIe", "tf32", 156.0),
@@ -172,3 +180,25 @@ def test_cuda_peaks_are_allocated_and_reserved_and_reset_per_run():
     del small
     peak = eff.device_peak(dev, eff.matmul_precision(dev, "auto"))
     assert peak.source.startswith(("gpu table:", "unknown:"))
+
+
+def test_a_stale_low_cpu_peak_is_probed_again(tmp_path, monkeypatch):
+    """A peak probed on a busy machine reads low; a run achieving more than it re-probes, keeping the higher,
+    and a probe taken while the machine is busy is not cached."""
+    import json
+
+    import torch
+
+    from peftbench.measure import efficiency
+    from peftbench.train import threads
+
+    monkeypatch.setenv("PEFTBENCH_CACHE_DIR", str(tmp_path))
+    key = f"{efficiency.cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    (tmp_path / "peak.json").write_text(json.dumps({key: 1e9}))  # 1 GFLOP/s: far below any real CPU
+    monkeypatch.setattr(efficiency, "probe_cpu", lambda t: 5e10)
+    monkeypatch.setattr(threads, "other_load", lambda: 0.0)
+    eff = efficiency.measure(100, int(2e10), 1.0, torch.device("cpu"))  # 20 GFLOP/s achieved: 2000% of the stale peak
+    assert eff.mfu == 0.4 and json.loads((tmp_path / "peak.json").read_text())[key] == 5e10
+    monkeypatch.setattr(threads, "other_load", lambda: 1.5)
+    (tmp_path / "peak.json").write_text(json.dumps({}))
+    assert "not cached" in efficiency.cpu_peak().source and json.loads((tmp_path / "peak.json").read_text()) == {}

@@ -127,8 +127,13 @@ def probe_cpu(threads: int, seconds: float = PROBE_SECONDS, size: int = PROBE_SI
         torch.set_num_threads(before)
 
 
-def cpu_peak(threads: int | None = None) -> Peak:
-    """The measured fp32 peak at this thread count: from the cache, else probed once and cached."""
+def cpu_peak(threads: int | None = None, at_least: float = 0.0) -> Peak:
+    """The measured fp32 peak at this thread count: from the cache, else probed once and cached.
+
+    A probe taken while other work keeps a core busy reads low, so it is not cached; and a cached
+    peak below `at_least` (a rate a run just achieved) is probed again, keeping the higher."""
+    from peftbench.train.threads import other_load
+
     threads = threads or torch.get_num_threads()
     key = f"{cpu_model()} | {threads} threads | torch {torch.__version__}"
     path = cache_file()
@@ -138,8 +143,10 @@ def cpu_peak(threads: int | None = None) -> Peak:
         cached = {}
     cached = cached if isinstance(cached, dict) else {}
     value = cached.get(key)
-    if not isinstance(value, (int, float)) or value <= 0:
-        value = probe_cpu(threads)
+    if not isinstance(value, (int, float)) or value <= at_least:
+        value = max(probe_cpu(threads), value if isinstance(value, (int, float)) else 0.0)
+        if other_load() >= 0.5:  # busy: use it for this run only
+            return Peak(float(value), f"cpu probe (fp32 matmul, {threads} threads; machine busy, not cached)")
         try:  # a cache that cannot be written costs a probe next time, nothing else
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -174,4 +181,7 @@ def measure(tokens: int, model_flops: int, seconds: float, device: torch.device,
             override_tflops: float | None = None, devices: int = 1) -> Efficiency:
     """A run's efficiency on `device`, whose peak is looked up (or probed) for the precision its matmuls ran in."""
     peak = device_peak(device, matmul_precision(device, precision), override_tflops)
-    return efficiency(tokens, model_flops, seconds, peak, devices)
+    eff = efficiency(tokens, model_flops, seconds, peak, devices)
+    if device.type == "cpu" and not override_tflops and eff.mfu is not None and eff.mfu > 1:  # a stale, low probe
+        eff = efficiency(tokens, model_flops, seconds, cpu_peak(at_least=eff.model_flops_per_second or 0.0), devices)
+    return eff

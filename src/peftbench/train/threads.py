@@ -63,7 +63,7 @@ _own = OwnLoad()
 _state: dict[str, Any] = {"fixed": None}  # fixed: (count, why) from --threads or a sweep worker
 
 
-SAMPLE = 0.3  # seconds of /proc/stat sampling: what other processes keep busy now
+SAMPLE = 0.1  # seconds of /proc/stat sampling: what other processes keep busy now
 
 
 def _busy_ticks() -> tuple[int, int] | None:
