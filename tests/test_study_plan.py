@@ -7,6 +7,8 @@ import json
 import re
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from peftbench.cli import app
@@ -115,3 +117,21 @@ def test_estimates_follow_the_budget():
     text = lines([secs], "100 training seconds each")
     assert text[1].split() == ["lora", "~200", "steps", "(20", "epochs)", "5", "runs", "x", "~1.7", "min"]
     assert text[-1].startswith("  estimated wall time ~8.4 min")
+
+
+names = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
+
+
+@given(st.lists(st.tuples(names, st.dictionaries(names, st.integers(0, 99) | st.sampled_from([0.5, "all-linear"]), max_size=3)),
+                min_size=1, max_size=4))
+def test_methods_with_params_parse_back(entries):
+    from peftbench.cli.run import method_items
+
+    text = ",".join(n + (f"({', '.join(f'{k}={v}' for k, v in p.items())})" if p else "") for n, p in entries)
+    want = [{"name": n, "params": p} if p else n for n, p in entries]
+    assert method_items(text) == want
+
+
+def test_a_bad_methods_entry_is_one_line():
+    res = CliRunner().invoke(app, ["compare", "--methods", "lora(r)", "--dry-run"])
+    assert res.exit_code == 2 and "is not name(key=value, ...)" in res.output

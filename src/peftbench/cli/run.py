@@ -45,6 +45,28 @@ def _check_report_to(value: Optional[str]) -> None:
     check_trackers(parse_kinds(value))
 
 
+def method_items(text: str) -> list[Any]:
+    """--methods 'base,few_shot(k=2),lora(r=16,alpha=32)': names, or a name with its params in parentheses."""
+    import re
+
+    import yaml
+
+    text = re.sub(r",\s*(?=,)", "", text)  # empty entries ("a,,b") are skipped, as before
+    items: list[Any] = []
+    for m in re.finditer(r"\s*([^,()\s]+)\s*(?:\(([^()]*)\))?\s*(?:,|$)", text):
+        name, params = m.group(1), m.group(2)
+        if params is None:
+            items.append(name)
+            continue
+        pairs = [p.split("=", 1) for p in params.split(",") if p.strip()]
+        if any(len(p) != 2 or not p[0].strip() for p in pairs):
+            raise UserError(f"--methods entry '{m.group(0).strip(' ,')}' is not name(key=value, ...); e.g. few_shot(k=2)")
+        items.append({"name": name, "params": {k.strip(): yaml.safe_load(v.strip()) for k, v in pairs}})
+    if "".join(m.group(0) for m in re.finditer(r"\s*([^,()\s]+)\s*(?:\(([^()]*)\))?\s*(?:,|$)", text)).strip() != text.strip():
+        raise UserError(f"--methods '{text}' is not a comma-separated list of names or name(key=value, ...)")
+    return items
+
+
 def _rates(text: str) -> list[float]:
     try:
         rates = [float(x) for x in text.split(",") if x.strip()]
@@ -80,7 +102,7 @@ def run_cmd(
 @friendly
 @with_options(COMPARE)
 def compare_cmd(
-    methods: str = Opt(DEFAULT_METHODS, "--methods", help="Comma-separated methods to compare."),
+    methods: str = Opt(DEFAULT_METHODS, "--methods", help="Comma-separated methods to compare; a method's params in parentheses: 'few_shot(k=2),lora(r=16)'."),
     config: Optional[Path] = Opt(None, "--config", "-c", help="YAML base config; may list methods: [...] (entries may carry lr_grid: [...])."),
     seeds: int = Opt(1, "--seeds", min=1, max=10_000, help="Run every method with N seeds (--seed, --seed+1, ...); tables show mean ± 95% CI."),
     budget: str = Opt("flops", "--budget", help="flops: every method gets the training FLOPs the reference method spends in --steps/--epochs (default); steps: the same steps for all."),
@@ -98,7 +120,7 @@ def compare_cmd(
     if config is None and all(opts[k] is None for k in ("steps", "epochs", "flops", "seconds")):
         opts = {**opts, "steps": MAIN_JOB_STEPS}  # the default study's budget, reported once resolved
     raw, listed = build_config(config, opts)
-    items = listed if listed and methods == DEFAULT_METHODS else [m.strip() for m in methods.split(",") if m.strip()]
+    items = listed if listed and methods == DEFAULT_METHODS else method_items(methods)
     grid: str | list[float] | None = None
     if lr_grid is not None:
         grid = "auto" if lr_grid.strip() == "auto" else _rates(lr_grid)
