@@ -61,4 +61,5 @@ def test_every_task_declares_its_column_roles() -> None:
         assert cls.default_columns == {r.name: r.default for r in cls.column_roles if r.default}, kind
         assert set(cls.column_docs()) == set(roles), kind
     mc = REGISTRY["multiple_choice"].column_docs()
-    assert mc["text"] == "article / context (optional)" and mc["answer"] == "answerKey / answer / label"
+    assert mc["text"] == "article / context (optional)" and mc["answer"].startswith("answerKey / answer / label — a label (A, B")
+    assert "--column choices=a,b,c,d" in mc["choices"]  # the formats are documented where the roles are
