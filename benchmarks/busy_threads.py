@@ -1,5 +1,6 @@
 """Threads on a busy CPU (issue 14 item 6): `peftbench run -m lora` with 2 threads and an active
-wait policy against the automatic choice, with a competing CPU burner and without.
+wait policy, against the default (torch's own count, the wait policy chosen by load) and against
+`--threads auto` (the count chosen by load too), with a competing CPU burner and without.
 
 Each arm is a separate `peftbench run` process (the wait policy is read once per process) on fresh
 results folders; arms alternate (A B A B ...). The busy phase first starts a one-core Python busy
@@ -23,7 +24,8 @@ import sys
 import tempfile
 import time
 
-ARMS = {"2 threads, active": ["--threads", "2", "--wait-policy", "active"], "auto": []}
+ARMS = {"2 threads, active": ["--threads", "2", "--wait-policy", "active"], "default": [],
+        "--threads auto": ["--threads", "auto"]}
 BURN = "while True: pass"
 
 

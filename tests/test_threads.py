@@ -71,7 +71,8 @@ def test_own_load_follows_the_kernels_average_of_this_process() -> None:
 
 
 def test_bad_overrides_are_refused_in_one_line(tiny_config_args: list[str]) -> None:
-    for args, words in ((["--wait-policy", "lazy"], "--wait-policy 'lazy'"), (["--threads", "0"], "--threads must")):
+    for args, words in ((["--wait-policy", "lazy"], "--wait-policy 'lazy'"), (["--threads", "0"], "--threads must"),
+                        (["--threads", "many"], "--threads must be a count of at least 1 or auto (got 'many')")):
         res = CliRunner().invoke(app, ["run", *tiny_config_args, *args])
         assert res.exit_code == 2, res.output
         assert words in res.output and "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
@@ -100,7 +101,25 @@ def test_the_flag_sets_the_count_and_the_run_records_it(tiny_config_args: list[s
     assert res.exit_code == 0, res.output
     assert "wait policy passive not applied: torch started with default" in res.stderr
     rec = stored_threads(res.stdout, tmp_path)
-    assert rec["wait_policy"] == "default" and rec["why"].startswith("auto: ")  # the flag held for one command
+    assert rec == {"count": 2, "wait_policy": "default", "why": "torch default"}  # the flag held for one command
+
+
+def test_by_default_the_load_changes_neither_the_threads_nor_the_scores(
+        tiny_config_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread count changes torch's reduction order, so a load-dependent count made scores depend on
+    what else ran on the machine. Without --threads, an idle and a busy machine give the same run."""
+    monkeypatch.setattr(threads, "_state", {"fixed": None, "default": 2})
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    runs = []
+    for load in (0.0, 1.7):
+        monkeypatch.setattr(threads, "other_load", lambda load=load: load)
+        res = CliRunner().invoke(app, ["run", *tiny_config_args, "--force", "--json"], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        runs.append(Store(tmp_path).get(json.loads(res.stdout)["run_id"]).result)
+        assert runs[-1]["threads"]["count"] == 2 and runs[-1]["threads"]["why"] == "torch default"
+        assert torch.get_num_threads() == 2
+    assert runs[0]["test"] == runs[1]["test"] and runs[0]["validation"] == runs[1]["validation"]
+    assert runs[0]["samples"] == runs[1]["samples"]
 
 
 def test_auto_takes_the_free_cores(tiny_config_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,7 +127,8 @@ def test_auto_takes_the_free_cores(tiny_config_args: list[str], tmp_path: Path, 
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
     for load, want in ((0.2, 2), (1.1, 1)):
         monkeypatch.setattr(threads, "other_load", lambda load=load: load)
-        res = CliRunner().invoke(app, ["run", *tiny_config_args, "--force", "--json"], catch_exceptions=False)
+        res = CliRunner().invoke(app, ["run", *tiny_config_args, "--threads", "auto", "--force", "--json"],
+                                 catch_exceptions=False)
         assert res.exit_code == 0, res.output
         assert stored_threads(res.stdout, tmp_path) == {"count": want, "wait_policy": threads.wait_policy(),
                                                         "why": f"auto: 2 cores, other load {load:.2f}"}

@@ -161,7 +161,8 @@ FLAGS: list[Flag] = [
     Flag("seed", Optional[int], "train.seed", "Random seed."),
     Flag("gradient_checkpointing", bool, "train.gradient_checkpointing", "Recompute activations in the backward pass: less memory, ~1/3 more compute (model FLOPs unchanged; hardware FLOPs stored too).", default=False, to_config=_only_if_set),
     Flag("peak_tflops", Optional[float], "measure.peak_tflops", "The device's peak TFLOP/s that MFU divides by (default: a table of known GPUs; on CPU a cached matmul probe)."),
-    Flag("threads", Optional[int], None, "Torch threads (default: the cores free when each run starts, from the CPU affinity and load average)."),
+    Flag("threads", Optional[str], None, "Torch threads: a count, or auto for the cores free when each run starts "
+         "(faster on a busy machine, but scores then vary with the load in the last digits). Default: torch's own count."),
     Flag("wait_policy", str, None, "OpenMP wait policy: auto (default: passive when other work loads the machine), active or passive.",
          default="auto"),
     Flag("force", bool, None, "Re-run configs that already finished.", default=False, commands=ALL,

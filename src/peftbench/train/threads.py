@@ -1,13 +1,16 @@
 """Torch's intra-op threads and OpenMP's wait policy for the machine as it is when a run starts.
 
-On a machine other work also uses, torch's spin-waiting OpenMP threads fight it for the cores:
-a step ran 5-8x slower with 2 spinning threads on 2 busy cores than with 1. So a run takes the
-cores it may use (`os.sched_getaffinity`) less the load of other work (the 1-minute load average
-less this process's own share of it), at least 1 and at most torch's own default (so an idle
-machine keeps today's count, and today's numbers). The wait policy (OMP_WAIT_POLICY) is read
-once, when torch loads its OpenMP runtime: `start` sets it before torch is imported, passive when
-other work runs, else libgomp's default (spin a while, then sleep). Nothing here imports torch at
-module level, so the command line can call `start` first.
+The thread count changes how torch splits its reductions, so it changes a run's numbers in the last
+digits: a run keeps torch's own count (OMP_NUM_THREADS, else the cores) unless asked, so the same
+config gives the same scores on an idle and on a busy machine. `--threads N` fixes it; `--threads
+auto` opts into the cores free when each run starts (`os.sched_getaffinity` less other work's load):
+faster on a shared machine, at the price of numbers that depend on that load.
+
+The wait policy (OMP_WAIT_POLICY) does not change numbers, so it adapts by itself: on a machine other
+work also uses, spin-waiting OpenMP threads fight it for the cores (a step ran 5-8x slower with 2
+spinning threads on 2 busy cores). It is read once, when torch loads its OpenMP runtime: `start` sets
+it before torch is imported, passive when other work runs, else libgomp's default (spin a while,
+then sleep). Nothing here imports torch at module level, so the command line can call `start` first.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class OwnLoad:
 
 
 _own = OwnLoad()
-_state: dict[str, Any] = {"fixed": None}  # fixed: (count, why) from --threads or a sweep worker
+_state: dict[str, Any] = {"fixed": None, "auto": False}  # fixed: (count, why) from --threads or a sweep worker
 
 
 SAMPLE = 0.1  # seconds of /proc/stat sampling: what other processes keep busy now
@@ -111,16 +114,32 @@ def wait_policy() -> str:
     return value if value in ("active", "passive") else "default"
 
 
-def start(threads: int | None = None, policy: str = "auto") -> str | None:
+def parse_threads(value: int | str | None) -> int | str | None:
+    """--threads: a count of at least 1, or auto; None (not given) keeps torch's own count."""
+    from peftbench.errors import UserError
+
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None if value is None else "auto"
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1:
+        raise UserError(f"--threads must be a count of at least 1 or auto (got {value!r}); e.g. --threads 2, "
+                        "or leave it out to keep torch's own count")
+    return count
+
+
+def start(threads: int | str | None = None, policy: str = "auto") -> str | None:
     """Call before torch is imported (the CLI's run and compare do): fixes --threads and sets the wait
     policy. Returns a note when torch already runs with another policy (it is then kept and recorded)."""
     from peftbench.errors import UserError
 
     if policy not in POLICIES:
         raise UserError(f"--wait-policy {policy!r} is not one of {', '.join(POLICIES)}; e.g. --wait-policy passive")
-    if threads is not None and threads < 1:
-        raise UserError(f"--threads must be at least 1 (got {threads}); leave it out to use the free cores")
-    _state["fixed"] = (threads, "--threads") if threads is not None else None  # a flag holds for this command only
+    threads = parse_threads(threads)
+    _state["auto"] = threads == "auto"  # a flag holds for this command only
+    _state["fixed"] = (threads, "--threads") if isinstance(threads, int) else None
     want = policy
     if policy == "auto":
         if "OMP_WAIT_POLICY" in os.environ:  # the user's own setting stands
@@ -143,7 +162,7 @@ def fix(count: int, why: str) -> None:
 class Choice:
     count: int
     wait_policy: str
-    why: str  # "--threads", "sweep: 4 cores / 2 workers", "auto: 2 cores, other load 0.31"
+    why: str  # "torch default", "--threads", "sweep: 4 cores / 2 workers", "auto: 2 cores, other load 0.31"
 
     def to_dict(self) -> dict[str, Any]:
         return {"count": self.count, "wait_policy": self.wait_policy, "why": self.why}
@@ -165,9 +184,11 @@ def for_run() -> Choice:
     cap = default_count()
     if _state["fixed"]:
         count, why = _state["fixed"]
-    else:
+    elif _state.get("auto"):
         cores, load = usable_cores(), other_load()
         count = choose(cores, load, cap)
         why = f"auto: {cores} cores, other load {load:.2f}"
+    else:  # the same count whatever the load: the same numbers
+        count, why = cap, "torch default"
     torch.set_num_threads(count)
     return Choice(count, wait_policy(), why)
