@@ -198,13 +198,13 @@ def _calibrate(cfg: RunConfig, method: Method, steps: int | None) -> int:
     batches = prep.task.train_batches(cfg.train.batch_size, cfg.train.seed)
     total = 0
     for _ in range(steps * cfg.train.grad_accum):
-        batch = next(batches)
-        key = shape_key(batch)
-        if key not in meter.cache:
-            with precision.autocast(cfg.train.precision, device.type):  # a half base's fp32 head needs it
-                meter.count_step_from_row(model, {k: v.to(device) for k, v in batch.items()}, lm_loss.loss)
-            model.zero_grad(set_to_none=True)
-        total += sum(meter.cache[key][:2])  # model FLOPs: forward + backward, no recomputation
+        for batch, _share in prep.task.pieces(next(batches), cfg.train.batch_size):  # as the loop runs them
+            key = shape_key(batch)
+            if key not in meter.cache:
+                with precision.autocast(cfg.train.precision, device.type):  # a half base's fp32 head needs it
+                    meter.count_step_from_row(model, {k: v.to(device) for k, v in batch.items()}, lm_loss.loss)
+                model.zero_grad(set_to_none=True)
+            total += sum(meter.cache[key][:2])  # model FLOPs: forward + backward, no recomputation
     return total
 
 

@@ -50,15 +50,17 @@ def probe(cfg: RunConfig, label: str) -> Probe:
         sizes = {s: task.split_size(s) for s in ("train", "validation", "test")}
         flops, seconds = 0, 0.0
         if method.trains:
-            batch = {k: v.to(device) for k, v in next(task.train_batches(cfg.train.batch_size, cfg.train.seed)).items()}
+            first = next(task.train_batches(cfg.train.batch_size, cfg.train.seed))
+            pieces = [{k: v.to(device) for k, v in b.items()} for b, _ in task.pieces(first, cfg.train.batch_size)]
             meter = FlopMeter(cache=reuse.flop_cache(cfg, "train"))
             model.train()
             for counted in (True, False):  # the counted pass also warms up; the second is timed
                 t0 = time.perf_counter()
-                with meter.count(batch) if counted else contextlib.nullcontext():
-                    with precision.autocast(cfg.train.precision, device.type):
-                        loss = lm_loss.loss(model, batch)
-                    loss.backward()
+                for batch in pieces:  # as the loop runs a batch (a question's choices in several passes)
+                    with meter.count(batch) if counted else contextlib.nullcontext():
+                        with precision.autocast(cfg.train.precision, device.type):
+                            loss = lm_loss.loss(model, batch)
+                        loss.backward()
                 device_sync(device)()
                 seconds = time.perf_counter() - t0
                 model.zero_grad(set_to_none=True)

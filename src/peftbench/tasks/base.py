@@ -100,6 +100,11 @@ class Task(ABC):
     def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
         """Endless shuffled training batches, reshuffled each epoch from the seed."""
 
+    def pieces(self, batch: Batch, batch_size: int) -> list[tuple[Batch, float]]:
+        """A training batch as the forward passes that run it, each with its share of the batch's mean
+        loss: one pass, unless a task's examples are several sequences each (multiple choice)."""
+        return [(batch, 1.0)]
+
     @abstractmethod
     def evaluate(
         self, model: nn.Module, split: str, batch_size: int, flops: Any = None,

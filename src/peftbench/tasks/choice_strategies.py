@@ -65,6 +65,10 @@ class ChoiceStrategy(ABC):
     def score(self, model: nn.Module, rows: list[Row], meter: FlopMeter, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """[rows, choices] scores and [rows] losses of the correct answers."""
 
+    def pieces(self, batch: Batch, batch_size: int) -> list[tuple[Batch, float]]:
+        """A training batch's forward passes (see Task.pieces): one, as a row trains one sequence."""
+        return [(batch, 1.0)]
+
 
 class ChoiceClassifier(ChoiceStrategy):
     """Encoders: a new classifier over (context or question, [question +] choice) pairs."""
@@ -108,6 +112,16 @@ class ChoiceClassifier(ChoiceStrategy):
         batch = {k: v.view(b, c, -1) for k, v in flat.items()}
         batch["labels"] = torch.tensor([r["answer"] for r in rows])
         return batch
+
+    def pieces(self, batch: Batch, batch_size: int) -> list[tuple[Batch, float]]:
+        """Every question trains all its choices: a batch of `batch_size` questions runs as passes of at
+        most `batch_size` sequences (batch_size // choices questions each), its gradients accumulated, so
+        the choices do not multiply the peak memory. Each pass's mean loss weighs by its share of questions."""
+        rows = batch["labels"].shape[0]
+        per = max(1, batch_size // self.task.num_choices)
+        if rows <= per:
+            return [(batch, 1.0)]
+        return [({k: v[i : i + per] for k, v in batch.items()}, min(per, rows - i) / rows) for i in range(0, rows, per)]
 
     def score(self, model: nn.Module, rows: list[Row], meter: FlopMeter, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
         batch = {k: v.to(device) for k, v in self.train_batch(rows).items()}

@@ -134,6 +134,9 @@ class MultipleChoice(Task):
             for idx in length_grouped_batches(lengths, batch_size, rng):
                 yield self.strategy.train_batch([rows[j] for j in idx])
 
+    def pieces(self, batch: Batch, batch_size: int) -> list[tuple[Batch, float]]:
+        return self.strategy.pieces(batch, batch_size)
+
     # -- evaluation ------------------------------------------------------------------
 
     def choice_scores(

@@ -136,12 +136,13 @@ def train(
     while s.progress < 1.0:
         s.step += 1
         for _ in range(spec.grad_accum):
-            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-            with meter.count(batch):  # FLOPs of this forward + backward (measured once per batch shape)
-                with amp.autocast():
-                    loss = lm_loss.loss(train_model, batch)  # an LM's cross-entropy in chunks of positions
-                amp.backward(loss * scale)
-            s.loss_sum += loss.detach().float()
+            for piece, share in task.pieces(next(batches), spec.batch_size):  # one, but a question's choices
+                batch = {k: v.to(device, non_blocking=True) for k, v in piece.items()}
+                with meter.count(batch):  # FLOPs of this forward + backward (measured once per batch shape)
+                    with amp.autocast():
+                        loss = lm_loss.loss(train_model, batch)  # an LM's cross-entropy in chunks of positions
+                    amp.backward(loss * (scale * share))
+                s.loss_sum += loss.detach().float() * share
             s.loss_n += 1
         if watch.diverged(s.step, s.loss_sum):  # diverged: nothing after this is a result
             raise diverged(s.loss_sum / s.loss_n, s.step, lr)
