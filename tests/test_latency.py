@@ -171,3 +171,71 @@ def test_latency_max_repeats_keeps_old_hashes_at_its_default() -> None:
 
     assert "latency_max_repeats" not in RunConfig().canonical()["measure"]
     assert RunConfig(measure=MeasureSpec(latency_max_repeats=9)).canonical()["measure"]["latency_max_repeats"] == 9
+
+
+# -- spread and a busy machine (issue 15 item 8) ---------------------------------------------------
+
+def test_measure_records_the_interquartile_range_of_the_repeats(tiny_config: dict, monkeypatch) -> None:
+    from peftbench.measure import latency
+    from peftbench.store import Latency
+
+    task, model, method = adapted(tiny_config, "prompt")
+    b1 = [500.0, 10.0, 30.0, 20.0, 40.0, 50.0]  # warm-up, then 5 timed (40 ms apart in the middle)
+    bn = [900.0, 60.0, 60.0, 60.0, 60.0, 60.0, 60.0]
+    monkeypatch.setattr(latency, "clock", FakeClock(b1 + bn))
+    out = measure(task, model, method, torch.device("cpu"), MeasureSpec(latency_batch=8, latency_repeats=5, latency_max_repeats=5))
+    assert out["b1_ms"] == pytest.approx(30.0)
+    assert out["iqr_ms"]["b1"] == pytest.approx([20.0, 40.0]) and out["iqr_ms"]["bN"] == pytest.approx([60.0, 60.0])
+    stored = Latency.from_dict(out)
+    assert stored is not None and (stored.b1_q1_ms, stored.b1_q3_ms) == pytest.approx((20.0, 40.0))
+    assert stored.to_dict()["iqr_ms"] == out["iqr_ms"] and stored.to_dict()["machine"] == out["machine"]
+
+
+@pytest.mark.parametrize("ticks, own, cores, threads, busy", [
+    ((0, 0, 100, 400), 0.5, 2, 2, False),   # 2 cores: 100 of 200 busy ticks a core... all of it this process
+    ((0, 0, 190, 200), 1.0, 2, 2, True),    # another process kept ~0.9 cores busy beside 2 threads on 2 cores
+    ((0, 0, 190, 200), 1.0, 2, 1, False),   # with 1 thread there was a core for it
+])
+def test_a_busy_machine_is_when_other_work_and_the_threads_exceed_the_cores(monkeypatch, ticks, own, cores, threads, busy) -> None:
+    from peftbench.train import threads as th
+
+    a0, a1, b0, b1 = ticks
+    seq = iter([(a0, a1), (b0, b1)])
+    monkeypatch.setattr(th, "_busy_ticks", lambda: next(seq))
+    monkeypatch.setattr(th.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(th, "usable_cores", lambda: cores)
+    clock = iter([0.0, 1.0])
+    monkeypatch.setattr(th.time, "monotonic", lambda: next(clock))
+    cpu = iter([0.0, own])
+    monkeypatch.setattr(th.time, "process_time", lambda: next(cpu))
+    machine = th.LoadWindow().machine(threads)
+    assert machine["busy"] is busy and machine["cores"] == cores and machine["threads"] == threads
+    assert machine["other_load"] == pytest.approx(max(0.0, (b0 - a0) / (b1 - a1) * cores - own), abs=0.01)
+
+
+def test_the_report_shows_latency_with_its_spread_and_marks_a_busy_machine(tiny_model: str, tiny_data: Path,
+                                                                           tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from peftbench.cli import app
+    from peftbench.train import threads as th
+
+    results = tmp_path / "r"
+    common = ["--model", tiny_model, "--data", str(tiny_data), "--max-length", "32", "--batch-size", "8",
+              "--eval-batch-size", "16", "--steps", "2", "--samples", "0", "--results-dir", str(results)]
+    monkeypatch.setattr(th, "usable_cores", lambda: 2)
+    for method, other in (("lora", 0.1), ("bitfit", 1.6)):  # bitfit's latency is timed while 1.6 cores are taken
+        monkeypatch.setattr(th.LoadWindow, "other", lambda self, other=other: other)
+        res = CliRunner().invoke(app, ["run", *common, "-m", method, "--threads", "1" if other < 1 else "2"])
+        assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["report", "--results-dir", str(results)], terminal_width=250)
+    assert res.exit_code == 0, res.output
+    rows = {line.split()[1]: line for line in res.stdout.splitlines() if line.split()[1:2] in (["lora"], ["bitfit"])
+            and "IQR" in line}
+    assert set(rows) == {"lora", "bitfit"}, res.stdout
+    assert "ms) *" in rows["bitfit"] and "ms) *" not in rows["lora"] and "*" not in rows["lora"]
+    flat = " ".join(res.stdout.split())  # the note wraps
+    assert flat.count("note: * latency") == 1
+    assert ("note: * latency of bitfit was timed on a busy machine (at worst other work kept 1.6 of 2 cores busy "
+                    "beside 2 threads): slower and more spread than on an idle one; to quote it, rerun those runs with "
+                    "--force when the machine is idle") in flat, res.stdout

@@ -4,7 +4,9 @@ Timed is the task's own prediction path (evaluate with score=False): tokenizing,
 pass, generation with the run's decoding or label scoring, but no teacher-forced loss and no
 metrics, which a request does not pay. One warm-up, then timed repeats until the median's
 distribution-free 95% interval lies within +-5% of it (at least `latency_repeats`, at most
-`latency_max_repeats`); the stored figures say how many ran and whether the interval got there.
+`latency_max_repeats`); the stored figures say how many ran and whether the interval got there,
+the repeats' interquartile range, and how loaded the machine was while timing (a busy shared CPU
+made batch-1 latency of one backbone range 45 ms to 1 s: the spread and the note say so).
 Generation tasks time a few prompts at batch N (GENERATION_BATCH), not a batch of 32 generations.
 """
 
@@ -24,6 +26,7 @@ from peftbench.config import MeasureSpec
 from peftbench.methods.base import Method
 from peftbench.stats.intervals import median_interval
 from peftbench.tasks.base import Task
+from peftbench.train.threads import LoadWindow
 
 TARGET = 0.05  # the median's 95% interval within +-5% of it
 GENERATION_BATCH = 4  # prompts at batch N for tasks that generate: a request's cost, not an evaluation pass's
@@ -35,6 +38,14 @@ class Timing:
     median: float
     repeats: int
     met: bool  # the interval got within TARGET before the cap
+    quartiles: tuple[float, float] = (0.0, 0.0)  # first and third
+
+
+def quartiles(samples: list[float]) -> tuple[float, float]:
+    if len(samples) < 2:
+        return samples[0], samples[0]
+    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return q1, q3
 
 
 def stable(samples: list[float], target: float = TARGET) -> bool:
@@ -52,7 +63,7 @@ def repeat_until_stable(once: Callable[[], float], least: int, most: int) -> Tim
         samples.append(once())
         if len(samples) >= least and stable(samples):
             break
-    return Timing(statistics.median(samples), len(samples), stable(samples))
+    return Timing(statistics.median(samples), len(samples), stable(samples), quartiles(samples))
 
 
 def _sync(device: torch.device) -> None:
@@ -82,7 +93,8 @@ def _figures(task: Task, model: nn.Module, n: int, device: torch.device, spec: M
     b1, _ = _timed(task, model, 1, device, spec)
     bn, preds = _timed(task, model, n, device, spec)
     return {"b1_ms": b1.median, "bN_ms": bn.median, "batch": n, "throughput": n / (bn.median / 1000),
-            "repeats": {"b1": b1.repeats, "bN": bn.repeats}, "interval_met": {"b1": b1.met, "bN": bn.met}}, preds
+            "repeats": {"b1": b1.repeats, "bN": bn.repeats}, "interval_met": {"b1": b1.met, "bN": bn.met},
+            "iqr_ms": {"b1": list(b1.quartiles), "bN": list(bn.quartiles)}}, preds
 
 
 def batch_size(task: Task, spec: MeasureSpec) -> int:
@@ -96,6 +108,14 @@ def batch_size(task: Task, spec: MeasureSpec) -> int:
 def measure(task: Task, model: nn.Module, method: Method, device: torch.device, spec: MeasureSpec) -> dict[str, Any]:
     """Latency at batch 1 and at batch N (batch_size), and throughput at N; for methods that can merge,
     the same of the merged model (a copy: `model` is untouched)."""
+    window = LoadWindow()
+    out = _measure(task, model, method, device, spec)
+    if device.type == "cpu":  # a GPU's latency hardly waits for the CPU's other work
+        out["machine"] = window.machine(torch.get_num_threads())
+    return out
+
+
+def _measure(task: Task, model: nn.Module, method: Method, device: torch.device, spec: MeasureSpec) -> dict[str, Any]:
     n = batch_size(task, spec)
     out, preds = _figures(task, model, n, device, spec)
     if not method.can_merge:

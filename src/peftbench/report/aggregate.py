@@ -260,11 +260,26 @@ def caveats(rows: list[RunRow]) -> list[str]:
         if len(seen) > 1:
             counts = ", ".join(f"{v} ({n} run{'s' * (n > 1)})" for v, n in sorted(seen.items()))
             notes.append(f"Runs compared across {package} versions: {counts}; differences may come from the versions")
+    if note := busy_latency_note(rows):
+        notes.append(note)
     gone = [r.run_id for r in rows if not r.folder.is_dir()]
     if gone:
         notes.append(f"{len(gone)} run folder(s) deleted ({', '.join(gone[:5])}{', …' if len(gone) > 5 else ''}): "
                      "their scores come from the index alone; they cannot be predicted with, exported or bootstrapped")
     return notes
+
+
+def busy_latency_note(rows: list[RunRow]) -> str | None:
+    """Runs whose latency was timed while other work kept the CPU busy (measure/latency.py): the * in tables."""
+    busy = [(r.method, lat.machine or {}) for r in rows if (lat := result_of(r).costs.latency) and lat.busy]
+    if not busy:
+        return None
+    methods = ", ".join(sorted({m for m, _ in busy}))
+    worst = max(busy, key=lambda b: (b[1].get("other_load") or 0, b[1].get("load_average") or 0))[1]
+    load = (f"other work kept {worst['other_load']:.1f} of {worst.get('cores')} cores busy beside {worst.get('threads')} threads"
+            if worst.get("other_load") is not None else f"load average {worst.get('load_average')} on {worst.get('cores')} cores")
+    return (f"* latency of {methods} was timed on a busy machine (at worst {load}): slower and more spread than on an "
+            "idle one; to quote it, rerun those runs with --force when the machine is idle")
 
 
 def aggregate(results_dir: str | Path, resamples: int = 1000, confidence: float = 0.95,

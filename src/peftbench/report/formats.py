@@ -108,8 +108,23 @@ def cost_columns(section: Section, ci: bool = True) -> list[Column]:
     for key in TABLE_COSTS:
         if any(key in c.costs for c in section.cells):
             name, unit = COSTS[key]
-            cols.append((name, lambda c, key=key, unit=unit: (cost_text(c.costs.get(key), unit, ci), _mean(c.costs.get(key)))))
+            if key == "latency.b1_ms":  # with its spread
+                get = lambda c: (latency_text(c, ci), _mean(c.costs.get("latency.b1_ms")))  # noqa: E731
+            else:
+                get = lambda c, key=key, unit=unit: (cost_text(c.costs.get(key), unit, ci), _mean(c.costs.get(key)))  # noqa: E731
+            cols.append((name, get))
     return cols
+
+
+def latency_text(c: Cell, ci: bool = True) -> str:
+    """Batch-1 latency: the median (mean over seeds), with the timed repeats' interquartile range
+    (first and third quartiles, means over seeds), and * where it was timed on a busy machine."""
+    text = cost_text(c.costs.get("latency.b1_ms"), "ms", ci)
+    q1, q3 = c.costs.get("latency.b1_q1_ms"), c.costs.get("latency.b1_q3_ms")
+    if q1 is not None and q3 is not None:
+        text += f" (IQR {num(q1.mean)}–{num(q3.mean, 'ms')})"
+    busy = any(r.run_result and r.run_result.costs.latency and r.run_result.costs.latency.busy for r in c.runs)
+    return text + " *" if busy else text
 
 
 BASELINE_NAMES = {"majority": "(majority class)", "chance": "(uniform chance)"}

@@ -28,6 +28,8 @@ COSTS: dict[str, tuple[str, str]] = {
     "peak_memory_reserved_bytes": ("peak reserved memory", "B"),
     "adapter_bytes": ("adapter size", "B"),
     "latency.b1_ms": ("latency b=1", "ms"),
+    "latency.b1_q1_ms": ("latency b=1 first quartile", "ms"),  # shown with the median as its IQR
+    "latency.b1_q3_ms": ("latency b=1 third quartile", "ms"),
     "latency.bN_ms": ("latency b=N", "ms"),
     "latency.throughput": ("throughput", "ex/s"),
     "latency.merged.b1_ms": ("merged latency b=1", "ms"),

@@ -52,19 +52,35 @@ class Latency:
     same_model: bool | None = None  # merged figures of a method whose model is already plain
     repeats: dict[str, int] | None = None  # timed repeats of b1 and bN (adaptive: measure/latency.py)
     interval_met: dict[str, bool] | None = None  # whether each median's 95% interval got within +-5%
+    iqr_ms: dict[str, list[float]] | None = None  # b1 / bN: the repeats' first and third quartiles
+    machine: dict[str, Any] | None = None  # the load while timing: other_load, cores, threads, load_average, busy
+
+    OPTIONAL = ("merged_matches", "same_model", "repeats", "interval_met", "iqr_ms", "machine")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Latency | None:
         if not d:
             return None
         return cls(d.get("b1_ms"), d.get("bN_ms"), d.get("batch"), d.get("throughput"), cls.from_dict(d.get("merged")),
-                   d.get("merged_matches"), d.get("same_model"), d.get("repeats"), d.get("interval_met"))
+                   *(d.get(k) for k in cls.OPTIONAL))
+
+    @property
+    def b1_q1_ms(self) -> float | None:
+        return self.iqr_ms["b1"][0] if self.iqr_ms and "b1" in self.iqr_ms else None
+
+    @property
+    def b1_q3_ms(self) -> float | None:
+        return self.iqr_ms["b1"][1] if self.iqr_ms and "b1" in self.iqr_ms else None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.machine and self.machine.get("busy"))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"b1_ms": self.b1_ms, "bN_ms": self.bN_ms, "batch": self.batch, "throughput": self.throughput}
         if self.merged is not None:
             out["merged"] = self.merged.to_dict()
-        for key in ("merged_matches", "same_model", "repeats", "interval_met"):  # only where measure.latency sets them
+        for key in self.OPTIONAL:  # only where measure.latency sets them
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out

@@ -94,6 +94,37 @@ def busy_now(window: float = SAMPLE) -> float | None:
     return max(0.0, share * (os.cpu_count() or 1) - own / t)
 
 
+class LoadWindow:
+    """What other processes kept busy over a stretch of this process's work (latency timing): the
+    machine's busy ticks over the window, less this process's CPU time, in cores."""
+
+    def __init__(self) -> None:
+        self.ticks, self.own, self.t = _busy_ticks(), time.process_time(), time.monotonic()
+
+    def other(self) -> float | None:
+        b, own, t = _busy_ticks(), time.process_time() - self.own, time.monotonic() - self.t
+        if self.ticks is None or b is None or b[1] == self.ticks[1] or t <= 0:
+            return None
+        share = (b[0] - self.ticks[0]) / (b[1] - self.ticks[1])
+        return max(0.0, share * (os.cpu_count() or 1) - own / t)
+
+    def machine(self, threads: int) -> dict[str, Any]:
+        """The load while timing, and whether it was busy: other work plus this run's threads above the
+        cores it may use (by half a core or more), so the run waited for cores. Without /proc/stat: the
+        1-minute load average (which counts this process too) above the cores."""
+        cores, other = usable_cores(), self.other()
+        try:
+            average: float | None = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            average = None
+        if other is not None:
+            busy = other + threads >= cores + SHARED_LOAD
+        else:
+            busy = average is not None and average > cores
+        return {"other_load": None if other is None else round(other, 2), "cores": cores, "threads": threads,
+                "load_average": None if average is None else round(average, 2), "busy": busy}
+
+
 def other_load() -> float:
     """Cores other work keeps busy: sampled now where /proc/stat exists (the 1-minute load average lags a
     minute behind: right after other work ends it still reads busy), else the load average less this
