@@ -246,7 +246,7 @@ def run(
             return RunOutcome(done, skipped=True)
 
     # -- everything below may still refuse bad input; nothing is stored yet ----------
-    cpu = threads.for_run()  # the cores free now (or --threads, or a sweep worker's share); recorded below
+    cpu = threads.for_run()  # torch's own count (or --threads N|auto, or a sweep worker's share); recorded below
     prep = prepare(cfg, method, samples=True)
     task, model, budget, select, untuned = prep.task, prep.model, prep.budget, prep.select, prep.untuned
     for line in messages(task):
