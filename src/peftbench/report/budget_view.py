@@ -106,3 +106,16 @@ def html(section: Section) -> str:
         out += (f"<h3>{escape(title(section))}</h3>{sortable_table(header(bb), html_rows(bb))}"
                 f'<p class="note">Read as: {escape(legend(bb))}.</p>')
     return out
+
+
+def verdicts_json(results_dir: Any, run_ids: set[str]) -> dict[str, Any]:
+    """For `compare --json`: per section, the winner by budget, the verdict and every flag with its reason."""
+    from peftbench.report.aggregate import aggregate
+    from peftbench.report.model import to_jsonable
+
+    if not run_ids:
+        return {}
+    rep = aggregate(results_dir, run_ids=run_ids)
+    return {"verdicts": [{"section": s.title, "by_budget": to_jsonable(s.by_budget),
+                          "flags": [{"label": c.label, "kind": f.kind, "reason": f.reason} for c in s.cells for f in c.flags]}
+                         for s in rep.sections]}
