@@ -17,10 +17,12 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from peftbench.metrics import metric_label
 from peftbench.report.by_budget import ByBudget, Series, best_so_far, cell_series, section_by_budget
 from peftbench.stats import mean_ci
 
@@ -46,8 +48,9 @@ class Flag:
 def _shown(value: Any, labels: Sequence[Any] | None) -> str:
     if labels and isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(labels):
         return repr(str(labels[value]))
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return repr(text if len(text) <= 40 else text[:39] + "…")
+    if not isinstance(value, str):
+        return json.dumps(value, default=str)
+    return repr(value if len(value) <= 40 else value[:39] + "…")
 
 
 def collapsed(predictions: Sequence[Any], generation: bool = False, labels: Sequence[Any] | None = None) -> str | None:
@@ -105,8 +108,16 @@ def unconverged(series: Series, metric: str, lower_is_better: bool = False) -> F
     if gain <= threshold + 1e-12:
         return None
     word = "falling" if lower_is_better else "rising"
-    return Flag("unconverged", f"validation {metric} still {word} at the end of its budget: {gain:+.3f} over the last "
+    return Flag("unconverged", f"validation {metric_label(metric)} still {word} at the end of its budget: {gain:+.3f} over the last "
                                f"quarter of its training FLOPs, more than {why}; a larger budget may change its rank")
+
+
+def _folder_curve(folder: Path, fallback: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]:
+    """The run folder's curve.json: it keeps a nan loss, which the index stores as NULL (None)."""
+    try:
+        return json.loads((folder / "curve.json").read_text())
+    except (OSError, ValueError):
+        return fallback
 
 
 def degenerate(cell: Cell, store: Store, task: str) -> Flag | None:
@@ -115,7 +126,7 @@ def degenerate(cell: Cell, store: Store, task: str) -> Flag | None:
     for run, curve in zip(cell.runs, cell.curves):
         result = run.run_result
         scores = {**(result.validation if result else {}), **((result.test or {}) if result else {})}
-        why = non_finite(curve, scores)
+        why = non_finite(_folder_curve(run.folder, curve), scores)
         preds = store.predictions(run.run_id) if why is None else None
         if why is None and preds is not None:
             why = collapsed(preds.predictions, task not in CLASS_KINDS, result.labels if result else None)
@@ -139,8 +150,8 @@ def flag_degenerate(section: Section, store: Store) -> None:
 
 
 def flag_unconverged(section: Section) -> None:
-    for c in section.cells:
-        if (flag := unconverged(cell_series(c.curves, c.seeds, section.select_metric), section.select_metric,
+    for c in section.cells:  # a degenerate cell's flag already says it learned nothing usable
+        if not is_degenerate(c) and (flag := unconverged(cell_series(c.curves, c.seeds, section.select_metric), section.select_metric,
                                 section.lower_is_better)) is not None:
             c.flags.append(flag)
 
