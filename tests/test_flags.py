@@ -29,6 +29,7 @@ def test_one_class_for_95_percent_is_degenerate() -> None:
     assert collapsed([2] * 20) == "predicts 2 for 100% of test examples"  # no label names: the value itself
     assert collapsed([[1, 2]] * 19 + [[0]]) is not None  # unhashable predictions count too
     assert collapsed([3]) is None  # one example says nothing
+    assert collapsed([0] * 20, references=[0] * 19 + [1]) == "predicts 0 for 100% of test examples (it is 95% of the references)"
 
 
 def test_the_same_generated_text_for_every_input_is_degenerate() -> None:
@@ -121,10 +122,10 @@ def test_degenerate_cells_are_never_best_and_unconverged_leaders_are_said(tmp_pa
     by = {c.label: c for c in s.cells}
     assert [c.label for c in s.cells] == ["lora", "prompt_tuning", "full", "ia3"]  # degenerate last
     assert s.best is by["lora"] and by["lora"].rank == 1 and by["prompt_tuning"].rank == 2
-    for name, why in (("full", "training loss ended non-finite (nan)"), ("ia3", "predicts 'anger' for 100% of test examples")):
+    for name, why in (("full", "training loss ended non-finite (nan)"), ("ia3", "predicts 'anger' for 100% of test examples (it is 25% of the references)")):
         c = by[name]
         assert (c.rank, c.mark, c.near_best) == (None, "-", False)
-        assert [(f.kind, f.reason.split(" (1/1")[0]) for f in c.flags] == [("degenerate", why)]
+        assert [(f.kind, f.reason.split(", in 1/1")[0]) for f in c.flags] == [("degenerate", why)]
     assert [f.kind for f in by["lora"].flags] == ["unconverged"] and not by["prompt_tuning"].flags
     bb = s.by_budget
     assert bb.excluded == ["full", "ia3"] and [r.leader for r in bb.rows] == ["prompt_tuning"] * 2 + ["lora"] * 2
@@ -146,7 +147,7 @@ def test_report_command_prints_the_by_budget_table_and_flag_lines(tmp_path: Path
     text = " ".join(out.stdout.split())  # rich wraps long lines to the terminal
     assert "winner by budget, decided on validation curves" in text
     assert "leader (validation)" in text and "¾ · 30 FLOP" in text
-    assert "flag: full — degenerate: training loss ended non-finite (nan) (1/1 seed); never ranked best" in text
+    assert "flag: full — degenerate: training loss ended non-finite (nan), in 1/1 seed; never ranked best" in text
     assert "flag: ia3 — degenerate: predicts 'anger' for 100% of test examples" in text
     assert "flag: lora — unconverged: validation macro-F1 still rising" in text
     assert "flag: lora is among the leading methods but unconverged" in text

@@ -53,8 +53,10 @@ def _shown(value: Any, labels: Sequence[Any] | None) -> str:
     return repr(value if len(value) <= 40 else value[:39] + "…")
 
 
-def collapsed(predictions: Sequence[Any], generation: bool = False, labels: Sequence[Any] | None = None) -> str | None:
-    """Why these test predictions are degenerate, or None: one class for ≥ 95%, or one text for all."""
+def collapsed(predictions: Sequence[Any], generation: bool = False, labels: Sequence[Any] | None = None,
+              references: Sequence[Any] | None = None) -> str | None:
+    """Why these test predictions are degenerate, or None: one class for ≥ 95%, or one text for all.
+    With references, the reason says how common that class truly is (a skewed test set explains some)."""
     if len(predictions) < 2:
         return None  # one example says nothing about collapse
     keys = [p.strip() if isinstance(p, str) else json.dumps(p, sort_keys=True, default=str) for p in predictions]
@@ -64,7 +66,9 @@ def collapsed(predictions: Sequence[Any], generation: bool = False, labels: Sequ
         return f"generates the same text for every test input ({_shown(value, None)})" if count == len(keys) else None
     share = count / len(keys)
     if share >= DEGENERATE_SHARE:
-        return f"predicts {_shown(value, labels)} for {share:.0%} of test examples"
+        truth = sum(1 for r in references or [] if r == value) / len(references) if references else None
+        said = f" (it is {truth:.0%} of the references)" if truth is not None else ""
+        return f"predicts {_shown(value, labels)} for {share:.0%} of test examples{said}"
     return None
 
 
@@ -129,13 +133,13 @@ def degenerate(cell: Cell, store: Store, task: str) -> Flag | None:
         why = non_finite(_folder_curve(run.folder, curve), scores)
         preds = store.predictions(run.run_id) if why is None else None
         if why is None and preds is not None:
-            why = collapsed(preds.predictions, task not in CLASS_KINDS, result.labels if result else None)
+            why = collapsed(preds.predictions, task not in CLASS_KINDS, result.labels if result else None, preds.references)
         if why is not None:
             reasons.append(why)
     if not reasons:
         return None
     reason = Counter(reasons).most_common(1)[0][0]
-    return Flag("degenerate", f"{reason} ({len(reasons)}/{len(cell.runs)} seed{'s' * (len(cell.runs) > 1)}); never ranked best")
+    return Flag("degenerate", f"{reason}, in {len(reasons)}/{len(cell.runs)} seed{'s' * (len(cell.runs) > 1)}; never ranked best")
 
 
 def is_degenerate(cell: Cell) -> bool:
