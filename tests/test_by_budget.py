@@ -125,3 +125,15 @@ def test_crossovers_are_exactly_where_the_path_changes_leader(raw, lower) -> Non
     assert [(c.flops, c.before, c.after) for c in bb.crossovers] == changes
     last = bb.rows[-1]
     assert last.leader == (path[-1][1].label if path else None)  # the fraction 1 is the path's end
+
+
+def test_legend_says_how_the_table_was_read() -> None:
+    from peftbench.report.budget_view import legend
+
+    bb = by_budget({"fast": series(FAST), "slow": series(SLOW)}, "macro_f1")
+    text = legend(bb)
+    assert "its best validation macro-F1 at or before it" in text and "one seed, so no interval" in text
+    assert "fast → slow at 3 FLOP (0.75)" in text and "test verdicts (the quality table) are only at the final budget" in text
+    none = by_budget({"fast": series(FAST), "slow": series(SLOW)}, "macro_f1", exclude=["fast", "slow"])
+    assert [r.leader for r in none.rows] == [None] * 4
+    assert legend(none) == "no leader at any budget: every method is degenerate (fast, slow)"

@@ -35,6 +35,9 @@ def title(section: Section) -> str:
 
 def legend(table: ByBudget) -> str:
     """How the table was read: the budget, the score at a budget, the ≈ rules used, the crossovers."""
+    if all(row.leader is None for row in table.rows):
+        why = f"every method is degenerate ({', '.join(table.excluded)})" if table.excluded else "no method was evaluated"
+        return f"no leader at any budget: {why}"
     rules = sorted({r for row in table.rows for r in row.rules}, key=list(RULE_TEXT).index)
     text = (f"budget: a fraction of {num(table.reference_flops, 'FLOP')}, the largest training FLOPs of any run; a cell's "
             f"score at a budget: per seed, its best validation {metric_label(table.metric)} at or before it, then the mean "
