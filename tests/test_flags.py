@@ -131,7 +131,7 @@ def test_degenerate_cells_are_never_best_and_unconverged_leaders_are_said(tmp_pa
     assert bb.excluded == ["full", "ia3"] and [r.leader for r in bb.rows] == ["prompt_tuning"] * 2 + ["lora"] * 2
     assert bb.last_change == 30.0
     assert bb.verdict.startswith("lora is among the leading methods but unconverged")
-    assert "leader last changed at 30 training FLOPs (0.75 of the budget: prompt_tuning → lora)" in bb.verdict
+    assert "leader last changed at 30 FLOP of training (0.75 of the budget: prompt_tuning → lora)" in bb.verdict
     doc = json.loads(json.dumps(rep.to_dict(), default=str))  # what --json writes
     cells = {c["label"]: c for c in doc["sections"][0]["cells"]}
     assert cells["ia3"]["flags"][0]["kind"] == "degenerate" and cells["ia3"]["rank"] is None
@@ -150,9 +150,9 @@ def test_report_command_prints_the_by_budget_table_and_flag_lines(tmp_path: Path
     assert "flag: full — degenerate: training loss ended non-finite (nan), in 1/1 seed; never ranked best" in text
     assert "flag: ia3 — degenerate: predicts 'anger' for 100% of test examples" in text
     assert "flag: lora — unconverged: validation macro-F1 still rising" in text
-    assert "flag: lora is among the leading methods but unconverged" in text
+    assert "verdict: lora is among the leading methods but unconverged" in text
     md = (tmp_path / "r.md").read_text()
-    assert "winner by budget" in md and "> **Flag:** ia3 — degenerate" in md
+    assert "winner by budget" in md and "> **Flag:** ia3 — degenerate" in md and "> **Verdict:** lora is among" in md
     assert "degenerate" in json.loads((tmp_path / "r.json").read_text())["sections"][0]["cells"][-1]["flags"][0]["kind"]
     assert "never ranked best" in (tmp_path / "r.csv").read_text()
 

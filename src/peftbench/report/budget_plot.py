@@ -25,8 +25,10 @@ def by_budget_plot(section: Section) -> bytes | None:
         means = [next((s.score.mean for s in t if s.label == cell.label), np.nan) for t in tables]
         if not np.isfinite(means).any():
             continue
-        style = {"ls": "--", "alpha": 0.6} if cell.label in bb.excluded else {}
-        ax.step(xs, means, where="post", color=color(section, cell), lw=1.6, label=cell.label, **style)
+        out = cell.label in bb.excluded
+        style = {"ls": "--", "alpha": 0.6} if out else {}
+        label = f"{cell.label} (degenerate: never leads)" if out else cell.label
+        ax.step(xs, means, where="post", color=color(section, cell), lw=1.6, label=label, **style)
     leaders = [next((s for s in t if s.label not in bb.excluded), None) for t in tables]
     ends = [*xs[1:], xs[-1] * 1.05]
     for (x0, x1, lead) in zip(xs, ends, leaders):  # the leader's band: its 95% CI (one seed: ± the tolerance)

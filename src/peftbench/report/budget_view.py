@@ -57,9 +57,9 @@ def crossover_text(table: ByBudget) -> str:
 
 
 def verdict_lines(section: Section) -> list[str]:
-    """What a reader must not miss: unconverged leaders (the verdict) and every flagged cell."""
+    """What a reader must not miss: unconverged leaders (the verdict) and every flagged cell, prefixed."""
     bb = section.by_budget
-    return ([bb.verdict] if bb is not None and bb.verdict else []) + flag_lines(section)
+    return ([f"verdict: {bb.verdict}"] if bb is not None and bb.verdict else []) + [f"flag: {x}" for x in flag_lines(section)]
 
 
 def terminal(section: Section) -> Table | None:
@@ -79,7 +79,7 @@ def print_section(section: Section, console: Console) -> None:
     if (table := terminal(section)) is not None:
         console.print(table)
     for line in verdict_lines(section):
-        console.print(f"flag: {line}", style="yellow", highlight=False)
+        console.print(line, style="yellow", highlight=False)
 
 
 def markdown(section: Section) -> list[str]:
@@ -87,7 +87,9 @@ def markdown(section: Section) -> list[str]:
     if bb is not None:
         out += [f"### {title(section)}", "", md_table(header(bb), [row_texts(r) for r in bb.rows]), "",
                 f"Read as: {legend(bb)}.", ""]
-    out += [f"> **Flag:** {line}." for line in verdict_lines(section)]
+    for line in verdict_lines(section):
+        kind, text = line.split(": ", 1)
+        out.append(f"> **{kind.capitalize()}:** {text}.")
     return out + ([""] if verdict_lines(section) else [])
 
 
@@ -103,7 +105,7 @@ def html(section: Section) -> str:
 
     from peftbench.report.html import sortable_table
 
-    out = "".join(f'<p class="note caveat">Flag: {escape(line)}.</p>' for line in verdict_lines(section))
+    out = "".join(f'<p class="note caveat">{escape(line[:1].upper() + line[1:])}.</p>' for line in verdict_lines(section))
     bb = section.by_budget
     if bb is not None:
         out += (f"<h3>{escape(title(section))}</h3>{sortable_table(header(bb), html_rows(bb))}"

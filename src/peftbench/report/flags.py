@@ -170,7 +170,9 @@ def convergence_verdict(section: Section, table: ByBudget | None) -> str | None:
             "small to rank the methods for sure")
     if table is not None and table.last_change is not None:
         last = table.crossovers[-1]
-        text += (f"; on validation the leader last changed at {last.flops:.3g} training FLOPs "
+        from peftbench.report.formats import num  # it imports this module
+
+        text += (f"; on validation the leader last changed at {num(last.flops, 'FLOP')} of training "
                  f"({last.flops / table.reference_flops:.2f} of the budget: {last.before} → {last.after})")
     elif table is not None and table.rows and table.rows[-1].leader:
         text += f"; on validation {table.rows[-1].leader} has led since its first evaluation"
