@@ -133,7 +133,7 @@ def latency_text(c: Cell, ci: bool = True) -> str:
 BASELINE_NAMES = {"majority": "(majority class)", "chance": "(uniform chance)"}
 RANK_LEGEND = ("equal scores share a rank; ≈ best: the paired bootstrap cannot tell it from the best, "
                "whatever its rank; trivial baselines score always predicting the majority training class, "
-               "and uniform guessing (expected); their rows are in parentheses")
+               "and uniform guessing (expected); their rows are in parentheses; - : degenerate, never ranked (see its flag)")
 
 
 def baseline_rows(section: Section, cols: list[Column], digits: int = 4) -> list[list[tuple[str, Any]]]:
