@@ -53,12 +53,17 @@ def test_ties_share_a_rank_and_collapse_is_called_out(tmp_path: Path):
                                baselines=baselines)
         classification_run(store, "full", {}, 0.7, 3e11, 10, 1e9, 10, 4.0, 0, 1e-4, refs, hard,
                            preds=refs[:90] + [0] * 10, baselines=baselines)
+        for method in ("prompt", "adalora"):  # equal predictions, so equal scores
+            classification_run(store, method, {}, 0.6, 1e11, 10, 1e9, 10, 4.0, 0, 1e-3, refs, hard,
+                               preds=refs[:70] + [0] * 30, baselines=baselines)
         store.close()
     old = aggregate(tmp_path / "old", resamples=100).sections[0]
     assert old.baselines == {} and not any("majority" in n for n in old.notes)  # runs stored before: none invented
     section = aggregate(tmp_path / "new", resamples=100).sections[0]
     assert [(c.label, c.rank) for c in section.cells][0] == ("full", 1)
-    assert [c.rank for c in section.cells[1:]] == [2, 2, 2]
+    assert [c.rank for c in section.cells[1:3]] == [2, 2]
+    # issue 16: one class for every example is degenerate, so unranked (never best), with its reason
+    assert [(c.rank, c.flags[0].kind) for c in section.cells[3:]] == [(None, "degenerate")] * 3
     assert [n for n in section.notes if "learned nothing usable" in n][0].startswith("head, lora, ia3 score no better")
 
 

@@ -134,8 +134,11 @@ def compare_cmd(
     if dry_run:
         return
     if json_out:
-        print(json.dumps({"budget": study.budget, "chosen_lr": study.chosen_lr,
-                          "runs": [summary(r) for r in study.rows], "failures": [f.line for f in study.failures]}, indent=2))
+        from peftbench.report.budget_view import verdicts_json  # winner by budget and flags (issue 16)
+
+        done = {r.run_id for r in [*study.rows, *study.search] if r.done}
+        print(json.dumps({"budget": study.budget, "chosen_lr": study.chosen_lr, "runs": [summary(r) for r in study.rows],
+                          "failures": [f.line for f in study.failures], **verdicts_json(opts["results_dir"], done)}, indent=2))
     else:
         from peftbench.report.aggregate import aggregate
         from peftbench.report.command import print_report

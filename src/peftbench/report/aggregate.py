@@ -17,6 +17,7 @@ from peftbench.metrics import lower_is_better, metric_for, metric_label
 from peftbench.stats import Interval, mean_ci, paired_bootstrap_seeds
 from peftbench.stats.curves import aulc, curve_xy, flops_to_fraction, target_score
 from peftbench.config import flatten
+from peftbench.report.flags import attach_verdicts, flag_degenerate, is_degenerate
 from peftbench.report.model import COSTS, Ablation, Cell, LrPoint, LrSearch, Report, RunInfo, Section
 from peftbench.report.model import budget_text  # noqa: F401  (imported from here by the renderers)
 from peftbench.store import RunResult, RunRow, Store
@@ -104,7 +105,8 @@ def _compare(section: Section, store: Store, resamples: int, confidence: float) 
     """Rank cells: the best by mean test score; a paired bootstrap decides who is ≈ best."""
     key = section.select_metric
     sign = 1.0 if section.lower_is_better else -1.0
-    section.cells.sort(key=lambda c: (c.test[key].mean * sign) if key in c.test else float("inf"))
+    # a degenerate cell is never best: it sorts last and stays unranked (report/flags.py)
+    section.cells.sort(key=lambda c: (is_degenerate(c), (c.test[key].mean * sign) if key in c.test else float("inf")))
     best = section.cells[0]
     preds: dict[str, tuple[list[list[Any]], list[Any]] | None] = {}
     metric = None
@@ -123,7 +125,11 @@ def _compare(section: Section, store: Store, resamples: int, confidence: float) 
                              f"resamples, {confidence:.0%} interval; every seed scored on each resample)")
     if metric is not None and preds.get(best.key) is None:
         section.bootstrap = "No paired bootstrap: the best cell's predictions.json is missing; cells ranked by mean"
+    if is_degenerate(best):
+        section.bootstrap, metric = "No best: every cell is degenerate (see the flags)", None
     for i, c in enumerate(section.cells):  # by mean test score; equal scores share a rank (1, 2, 2, 4)
+        if is_degenerate(c):
+            continue
         mean = _mean_of(c, key)
         same = i and mean is not None and mean == _mean_of(section.cells[i - 1], key)
         c.rank = section.cells[i - 1].rank if same else i + 1
@@ -131,7 +137,7 @@ def _compare(section: Section, store: Store, resamples: int, confidence: float) 
         a, b = preds.get(c.key), preds.get(best.key)
         if metric is not None and a and b and a[1] == b[1]:
             c.vs_best = paired_bootstrap_seeds(a[1], a[0], b[0], metric, resamples, confidence)
-        c.near_best = (c.vs_best is not None and not c.vs_best.distinguishable) or c.rank == 1
+        c.near_best = ((c.vs_best is not None and not c.vs_best.distinguishable) or c.rank == 1) and not is_degenerate(c)
 
 
 def _mean_of(c: Cell, key: str) -> float | None:
@@ -308,9 +314,11 @@ def aggregate(results_dir: str | Path, resamples: int = 1000, confidence: float 
             section = Section(title, skey[0], skey[1], skey[2], select, lower_is_better(select), metrics, cells, target_fraction)
             section.notes = caveats(srows)
             section.baselines = next((b for r in srows if (b := (result_of(r).task or {}).get("baselines"))), {})
+            flag_degenerate(section, store)
             _compare(section, store, resamples, confidence)
             section.notes += collapse_notes(section)
             _curve_summaries(section)
+            attach_verdicts(section)
             section.samples = _samples(section)
             section.ablations = _ablations(section)
             sections.append(section)

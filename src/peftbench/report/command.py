@@ -10,6 +10,7 @@ from rich.table import Table
 
 from peftbench.errors import UserError
 from peftbench.metrics import metric_label
+from peftbench.report import budget_view
 from peftbench.report.aggregate import Report, Section, aggregate
 from peftbench.report.formats import LR_HEADER, RANK_LEGEND, baseline_rows, columns, cost_columns, lr_rows, to_csv, to_json, to_markdown
 
@@ -103,6 +104,7 @@ def print_report(rep: Report, console: Console) -> None:
             console.print(section_table(s, part))
         for note in s.notes:
             console.print(f"note: {note}", style="yellow", highlight=False)
+        budget_view.print_section(s, console)  # winner by budget, then flag lines
     if rep.lr_searches:
         console.print(lr_table(rep))
 

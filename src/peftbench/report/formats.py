@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from peftbench.metrics import metric_label
+from peftbench.report.flags import flag_words
 from peftbench.report.aggregate import COSTS, Cell, LrSearch, Report, Section, budget_text
 from peftbench.stats import Interval
 
@@ -99,6 +100,8 @@ def columns(section: Section, compact: bool = False) -> list[Column]:
     cols.append(("AULC", lambda c: (iv_text(c.aulc, d, sep), _mean(c.aulc))))
     pct = f"{section.target_fraction:.0%}"
     cols.append((f"FLOPs to {pct} of best", lambda c: (_reach_text(c, compact), _mean(c.flops_to_target))))
+    if any(c.flags for c in section.cells):  # degenerate / unconverged (report/flags.py); reasons under the table
+        cols.append(("flags", lambda c: (flag_words(c) or "-", None)))
     return cols
 
 
@@ -130,7 +133,7 @@ def latency_text(c: Cell, ci: bool = True) -> str:
 BASELINE_NAMES = {"majority": "(majority class)", "chance": "(uniform chance)"}
 RANK_LEGEND = ("equal scores share a rank; ≈ best: the paired bootstrap cannot tell it from the best, "
                "whatever its rank; trivial baselines score always predicting the majority training class, "
-               "and uniform guessing (expected); their rows are in parentheses")
+               "and uniform guessing (expected); their rows are in parentheses; - : degenerate, never ranked (see its flag)")
 
 
 def baseline_rows(section: Section, cols: list[Column], digits: int = 4) -> list[list[tuple[str, Any]]]:
@@ -182,7 +185,7 @@ def csv_rows(report: Report) -> list[dict[str, Any]]:
                 "params": json.dumps(c.params, sort_keys=True), "lr": c.lr, "budget_kind": c.budget.get("kind"),
                 "budget_value": c.budget.get("value"), "n_seeds": len(c.runs), "seeds": " ".join(str(x) for x in c.seeds),
                 "run_ids": " ".join(r.run_id for r in c.runs), "rank": c.rank, "near_best": c.near_best, "mark": c.mark,
-                "select_metric": s.select_metric,
+                "select_metric": s.select_metric, "flags": "; ".join(str(f) for f in c.flags),
             }
             for prefix, ivs in (("test", c.test), ("val", c.validation), ("cost", c.costs)):
                 for k, iv in ivs.items():
@@ -219,6 +222,8 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def to_markdown(report: Report) -> str:
+    from peftbench.report.budget_view import markdown as budget_markdown  # it imports this module
+
     out = ["# peftbench report", "", f"Results: `{report.results_dir}`; mean ± 95% CI over seeds (Student t).", ""]
     for s in report.sections:
         cols = columns(s)
@@ -232,6 +237,7 @@ def to_markdown(report: Report) -> str:
         out += [md_table([name for name, _ in cols], [[get(c)[0] for _, get in cols] for c in s.cells] + trivial), ""]
         out += [f"Ranks: {RANK_LEGEND}.", ""] if trivial or len(s.cells) > 1 else []
         out += [md_table([name for name, _ in cost_columns(s)], [[get(c)[0] for _, get in cost_columns(s)] for c in s.cells]), ""]
+        out += budget_markdown(s)  # winner by budget and flag lines (report/budget_view.py)
     if report.lr_searches:
         out += ["## Learning-rate search (validation only)", "", md_table(LR_HEADER, lr_rows(report.lr_searches)), ""]
     return "\n".join(out)

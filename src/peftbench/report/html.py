@@ -13,6 +13,7 @@ from html import escape
 from typing import Any
 
 from peftbench.metrics import metric_label
+from peftbench.report import budget_view
 from peftbench.report.formats import LR_HEADER, RANK_LEGEND, Column, baseline_rows, columns, cost_columns
 from peftbench.report.model import Report, Section, budget_text
 from peftbench.report.plots import Plot, section_plots
@@ -162,6 +163,7 @@ def _section(section: Section, index: int, plots: list[Plot]) -> str:
                      f"{section.target_fraction:.0%} of best: training FLOPs until validation {_e(m)} first reaches "
                      f"{section.target:.4f} ({section.target_fraction:.0%} of the best cell's).</p>")
     parts.append(_summary(section, columns(section), trivial=True))
+    parts.append(budget_view.html(section))  # flags and the winner by budget (report/budget_view.py)
     parts.append('<h3>Costs</h3><p class="note">Measured per run; mean ± 95% CI over seeds where they vary.</p>')
     parts.append(_summary(section, cost_columns(section)))
     if plots:

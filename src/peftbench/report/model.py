@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peftbench.report.by_budget import ByBudget
+from peftbench.report.flags import Flag
 from peftbench.stats import Interval, PairedResult
 from peftbench.stats.curves import Curve
 from peftbench.store import RunRow
@@ -58,6 +60,7 @@ class Cell:
     rank: int | None = None  # by mean test score, 1 = best; equal scores share a rank
     near_best: bool = False  # the paired bootstrap cannot tell it from the best (or it ties the best)
     vs_best: PairedResult | None = None  # this cell minus the best on the select metric (test)
+    flags: list[Flag] = field(default_factory=list)  # degenerate / unconverged, with reasons (report/flags.py)
 
     @property
     def mark(self) -> str:
@@ -90,10 +93,11 @@ class Section:
     samples: list[dict[str, Any]] = field(default_factory=list)
     ablations: list[Ablation] = field(default_factory=list)
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # trivial: majority, chance (test scores)
+    by_budget: ByBudget | None = None  # the leader at fractions of the budget, on validation curves (report/by_budget.py)
 
     @property
     def best(self) -> Cell | None:
-        return self.cells[0] if self.cells else None
+        return next((c for c in self.cells if c.rank == 1), None)  # none when every cell is degenerate
 
 
 @dataclass

@@ -229,6 +229,12 @@ def section_plots(section: Section, index: int = 0) -> list[Plot]:
     if (png := loss_curves(section)) is not None:
         out.append(Plot(f"{base}-training-loss", "Training loss vs training FLOPs",
                         "Mean training loss between evaluations, over seeds.", png))
+    from peftbench.report.budget_plot import by_budget_plot  # it imports this module
+
+    if (png := by_budget_plot(section)) is not None:
+        out.append(Plot(f"{base}-winner-by-budget", "Winner by budget (decided on validation curves)",
+                        "Each cell's best validation score so far; shaded: the leader's 95% CI over seeds (one seed: "
+                        "± 0.02); X: crossovers, where the leader changes; grey lines: the table's budgets.", png))
     for cost in PARETO_COSTS:
         if (png := pareto(section, cost)) is not None:
             out.append(Plot(f"{base}-pareto-{_slug(cost)}", f"Quality vs {COSTS[cost][0]}",
