@@ -113,6 +113,9 @@ def compare_cmd(
     opts: dict[str, Any] = {},
 ) -> None:
     """Compare methods on one model and task at an equal budget (training FLOPs by default), then tabulate."""
+    from peftbench.report import constraints
+
+    limits = constraints.parse_limits(opts)  # a bad --max-* value is refused before anything runs
     _start_threads(opts)  # first: the study imports torch
     from peftbench.compare.study import StudyPlan, entries_from, run_study
     from peftbench.report.tables import summary
@@ -133,17 +136,22 @@ def compare_cmd(
     study = run_study(plan, lambda r: _execute(r, opts["results_dir"], opts["force"], opts["report_to"]).row, say)
     if dry_run:
         return
+    from peftbench.report.aggregate import aggregate
+
+    ids = {r.run_id for r in [*study.rows, *study.search] if r.done}
+    rep = aggregate(opts["results_dir"], run_ids=ids) if ids and (limits or not json_out) else None
+    found = constraints.verdicts(rep, limits) if rep and limits and json_out else []
     if json_out:
-        print(json.dumps({"budget": study.budget, "chosen_lr": study.chosen_lr,
-                          "runs": [summary(r) for r in study.rows], "failures": [f.line for f in study.failures]}, indent=2))
-    else:
-        from peftbench.report.aggregate import aggregate
+        print(json.dumps({"budget": study.budget, "chosen_lr": study.chosen_lr, "runs": [summary(r) for r in study.rows],
+                          "failures": [f.line for f in study.failures], **({"verdicts": [vars(v) for v in found]} if limits else {})},
+                         indent=2))
+    elif rep is not None:
         from peftbench.report.command import print_report
 
-        ids = {r.run_id for r in [*study.rows, *study.search] if r.done}
-        if ids:
-            print_report(aggregate(opts["results_dir"], run_ids=ids), out)
+        print_report(rep, out)
+        found = constraints.show(rep, limits, out)
     _raise_failures(study.failures)
+    constraints.refuse_unfit(found)
 
 
 def _raise_failures(failures: list[Any]) -> None:
