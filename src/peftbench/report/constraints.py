@@ -108,8 +108,12 @@ def _within(limits: list[Limit]) -> str:
 
 
 def _score(c: Cell, key: str) -> str:
+    from peftbench.metrics import metric_label
+
     iv = c.test[key]
-    return f"{iv.mean:.3f}" + (f" ± {iv.half_width:.3f}" if iv.half_width is not None else " (1 seed)")
+    if iv.half_width is None:
+        return f"{iv.mean:.3f} (test {metric_label(key)}; 1 seed, no CI)"
+    return f"{iv.mean:.3f} ± {iv.half_width:.3f} (test {metric_label(key)})"
 
 
 def verdict(section: Section, limits: list[Limit], ties: Ties | None = None) -> Verdict:
@@ -124,9 +128,7 @@ def verdict(section: Section, limits: list[Limit], ties: Ties | None = None) -> 
         return Verdict(section.title, False, no_fit(ranked, limits, within), excluded=excluded)
     best = feasible[0]
     tied = (ties or equal_means)(section, best, feasible[1:])
-    from peftbench.metrics import metric_label
-
-    line = f"best within {within}: {best.label} {_score(best, key)} (test {metric_label(key)})"
+    line = f"best within {within}: {best.label} {_score(best, key)}"
     if tied:
         line += f", indistinguishable from {', '.join(c.label for c in tied)}"
     top = ranked[0]
