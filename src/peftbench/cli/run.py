@@ -110,6 +110,7 @@ def compare_cmd(
     lr_grid: Optional[str] = Opt(None, "--lr-grid", help="Search each method's learning rate on validation first: 'auto' (its default x 1/3, 1, 3) or rates like 1e-4,1e-3."),
     json_out: bool = Opt(False, "--json", help="Print the comparison as JSON."),
     dry_run: bool = Opt(False, "--dry-run", help="Check every method, measure the budget, print the plan with its estimated time, and stop (nothing is stored)."),
+    detach: bool = Opt(False, "--detach", help="Run in the background, on after the terminal closes; output goes to a log in the results folder (its path is printed). The same command resumes a stopped study."),
     opts: dict[str, Any] = {},
 ) -> None:
     """Compare methods on one model and task at an equal budget (training FLOPs by default), then tabulate."""
@@ -133,6 +134,11 @@ def compare_cmd(
                      dry_run=dry_run)
     say = lambda line: err.print(line, highlight=False)  # noqa: E731
     _check_report_to(opts["report_to"])
+    if detach:  # the flags were read above: a bad one is refused here, not in the log
+        from peftbench.cli.background import detach as start
+
+        start(opts["results_dir"], out)
+        return
     study = run_study(plan, lambda r: _execute(r, opts["results_dir"], opts["force"], opts["report_to"]).row, say)
     if dry_run:
         return
