@@ -36,7 +36,7 @@ def detach(results_dir: Path, console: Console, argv: list[str] | None = None) -
         logs.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot write the log folder {logs} ({e.strerror}); pass a writable --results-dir") from None
-    log = logs / f"{args[0] if args else 'peftbench'}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    log = logs / f"compare-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PEFTBENCH_DETACHED": "1"}
     with open(log, "ab") as out:
         out.write(f"$ peftbench {shlex.join(args)}\n".encode())
