@@ -26,11 +26,11 @@ from test_report import config
 # -- the progress line and its ETA -----------------------------------------------------------
 def test_progress_line_format() -> None:
     assert progress_line(3, 8, "lora seed 1", "41 s", 5.2e10, 138, 1.1e13) == (
-        "progress: 3/8 runs (lora seed 1: 41 s); 5.2e+10 training FLOP/s measured; ETA ~2.3 min for 1.1e+13 training FLOPs left")
+        "progress: 3/8 runs (lora seed 1: 41 s); ETA ~2.3 min (1.1e+13 FLOPs left at a measured 5.2e+10 FLOP/s)")
     assert progress_line(1, 4, "base seed 0", "reused from the store", None, None, 3e12) == (
         "progress: 1/4 runs (base seed 0: reused from the store); ETA after the first run that trains here")
     assert progress_line(4, 4, "ia3 seed 2", "3 s", 1e9, 0.0, 0.0) == "progress: 4/4 runs (ia3 seed 2: 3 s); all done"
-    assert progress_line(2, 9, "x", "5 s", 1e9, 7300, 1.0).endswith("ETA ~2.0 h for 1 training FLOPs left")
+    assert progress_line(2, 9, "x", "5 s", 1e9, 7300, 1.0).endswith("ETA ~2.0 h (1 FLOPs left at a measured 1e+09 FLOP/s)")
 
 
 def row(finished: float, flops: float = 0.0, seconds: float = 0.0) -> SimpleNamespace:
@@ -45,8 +45,8 @@ def test_eta_divides_the_flops_left_by_the_measured_flops_per_second_plus_each_r
     line = t.run_finished("lora", "seed 0", row(time.time(), 1e12, 10.0))
     eta, left = t.eta()
     assert left == 3e12 and eta == pytest.approx(3e12 / 1e11 + 2.0 * 4, rel=0.02)  # 2 lora + 2 ia3 runs left
-    assert re.fullmatch(r"progress: 2/6 runs \(lora seed 0: 12 s\); 1e\+11 training FLOP/s measured; "
-                        r"ETA ~38 s for 3e\+12 training FLOPs left", line), line
+    assert re.fullmatch(r"progress: 2/6 runs \(lora seed 0: 12 s\); ETA ~38 s \(3e\+12 FLOPs left at a measured "
+                        r"1e\+11 FLOP/s\)", line), line
     t.run_finished("lora", "lr 1e-3 search", None)  # a failed run counts as finished, measures nothing
     t.drop("ia3", 2)  # its search failed: its seeds never run
     assert t.total == 4 and t.eta()[1] == 1e12
