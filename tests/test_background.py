@@ -3,6 +3,7 @@ that resumes, and results --watch."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -117,7 +118,7 @@ def test_detach_runs_in_the_background_with_progress_and_the_same_command_resume
         assert re.search(r"progress: 1/2 runs \(base seed 0: \d+ s\); ETA after the first run that trains here", text), text
         os.killpg(pid, signal.SIGKILL)  # the terminal, the machine, whatever: the study dies mid-run
     finally:
-        with __import__("contextlib").suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
     deadline = time.time() + 30
     while detached_alive(res) and time.time() < deadline:
