@@ -174,7 +174,7 @@ def test_compare_json_carries_the_winner_by_budget_and_flags(tiny_model: str, ti
             "--eval-every", "1", "--json"]
     res = CliRunner().invoke(app, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    (section,) = json.loads(res.stdout)["verdicts"]
+    (section,) = json.loads(res.stdout)["sections"]
     bb = section["by_budget"]
     assert [r["fraction"] for r in bb["rows"]] == [0.25, 0.5, 0.75, 1.0] and bb["reference_flops"] > 0
     assert bb["basis"].startswith("validation curves")

@@ -18,13 +18,14 @@ import yaml
 
 from peftbench.config import deep_merge, load_yaml, nest, parse_yaml
 from peftbench.errors import UserError
+from peftbench.report.constraints import KINDS
 
 DEFAULT_METHODS = "base,head,full,lora,ia3,prompt"
 # The bundled default comparison's budget: 64 steps of 32 (~0.6 epoch of TweetEval emotion)
 # keeps six methods within 5 minutes on 2 CPU cores. Any budget flag or config replaces it.
 MAIN_JOB_STEPS = 64
 RESULTS_DIR = "./peftbench-results"
-RUN, COMPARE, SWEEP = "run", "compare", "sweep"
+RUN, COMPARE, SWEEP, REPORT = "run", "compare", "sweep", "report"
 
 
 def _results_dir(value: str | Path) -> Path:
@@ -172,6 +173,9 @@ FLAGS: list[Flag] = [
     Flag("report_to", Optional[str], None, "Also log runs to tensorboard, mlflow and/or wandb (comma-separated; offline, under the results folder).",
          commands=ALL, help_for={SWEEP: "Also log runs to tensorboard, mlflow and/or wandb (offline)."}),
 ]
+
+# The verdict's constraints (report/constraints.py), read by compare and report as text, parsed there.
+FLAGS += [Flag(name, Optional[str], None, kind.help, commands=(COMPARE, REPORT)) for name, kind in KINDS.items()]
 
 
 def flags_for(command: str) -> list[Flag]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -23,6 +24,9 @@ def results_list(
     json_out: bool = Opt(False, "--json", help="Print as JSON."),
     rebuild: bool = Opt(False, "--rebuild", help="Rebuild a damaged or lost index (results.sqlite) from the run "
                         "folders; the damaged file is kept aside."),
+    watch: bool = Opt(False, "--watch", help="Refresh the table every few seconds until no run is running (Ctrl-C stops watching, not the runs)."),
+    interval: float = Opt(5.0, "--interval", min=0.01, help="Seconds between refreshes with --watch."),
+    watch_count: Optional[int] = Opt(None, "--watch-count", min=1, hidden=True),  # tests: stop after N tables
 ) -> None:
     """List stored runs (or: peftbench results show RUN_ID)."""
     if ctx.invoked_subcommand:
@@ -32,6 +36,11 @@ def results_list(
 
     if rebuild:
         rebuilt_index(results_dir)
+    if watch:
+        from peftbench.cli.background import watch as watch_runs
+
+        watch_runs(results_dir, out, interval, watch_count)
+        return
     with Store.open_existing(results_dir) as store:
         rows = store.list()
     if json_out:

@@ -110,9 +110,13 @@ def compare_cmd(
     lr_grid: Optional[str] = Opt(None, "--lr-grid", help="Search each method's learning rate on validation first: 'auto' (its default x 1/3, 1, 3) or rates like 1e-4,1e-3."),
     json_out: bool = Opt(False, "--json", help="Print the comparison as JSON."),
     dry_run: bool = Opt(False, "--dry-run", help="Check every method, measure the budget, print the plan with its estimated time, and stop (nothing is stored)."),
+    detach: bool = Opt(False, "--detach", help="Run in the background, on after the terminal closes; output goes to a log in the results folder (its path is printed). The same command resumes a stopped study."),
     opts: dict[str, Any] = {},
 ) -> None:
     """Compare methods on one model and task at an equal budget (training FLOPs by default), then tabulate."""
+    from peftbench.report import constraints
+
+    limits = constraints.parse_limits(opts)  # a bad --max-* value is refused before anything runs
     _start_threads(opts)  # first: the study imports torch
     from peftbench.compare.study import StudyPlan, entries_from, run_study
     from peftbench.report.tables import summary
@@ -130,23 +134,32 @@ def compare_cmd(
                      dry_run=dry_run)
     say = lambda line: err.print(line, highlight=False)  # noqa: E731
     _check_report_to(opts["report_to"])
+    if detach:  # the flags were read above: a bad one is refused here, not in the log
+        from peftbench.cli.background import detach as start
+
+        start(opts["results_dir"], out)
+        return
     study = run_study(plan, lambda r: _execute(r, opts["results_dir"], opts["force"], opts["report_to"]).row, say)
     if dry_run:
         return
+    from peftbench.report.aggregate import aggregate
+
+    ids = {r.run_id for r in [*study.rows, *study.search] if r.done}
+    rep = aggregate(opts["results_dir"], run_ids=ids) if ids and (limits or not json_out) else None
+    found = constraints.verdicts(rep, limits) if rep and limits and json_out else []
     if json_out:
         from peftbench.report.budget_view import verdicts_json  # winner by budget and flags (issue 16)
 
-        done = {r.run_id for r in [*study.rows, *study.search] if r.done}
         print(json.dumps({"budget": study.budget, "chosen_lr": study.chosen_lr, "runs": [summary(r) for r in study.rows],
-                          "failures": [f.line for f in study.failures], **verdicts_json(opts["results_dir"], done)}, indent=2))
-    else:
-        from peftbench.report.aggregate import aggregate
+                          "failures": [f.line for f in study.failures], **verdicts_json(opts["results_dir"], ids),
+                          **({"verdicts": [vars(v) for v in found]} if limits else {})}, indent=2))
+    elif rep is not None:
         from peftbench.report.command import print_report
 
-        ids = {r.run_id for r in [*study.rows, *study.search] if r.done}
-        if ids:
-            print_report(aggregate(opts["results_dir"], run_ids=ids), out)
+        print_report(rep, out)
+        found = constraints.show(rep, limits, out)
     _raise_failures(study.failures)
+    constraints.refuse_unfit(found)
 
 
 def _raise_failures(failures: list[Any]) -> None:

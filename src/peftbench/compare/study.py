@@ -189,7 +189,7 @@ def preflight(plan: StudyPlan, log: Callable[[str], None]) -> None:
     plan.entries = [e for e in plan.entries if not any(e is x for x in dropped)]
 
 
-def show_plan(plan: StudyPlan, budget: dict[str, Any], base: dict[str, Any], log: Callable[[str], None]) -> None:
+def show_plan(plan: StudyPlan, budget: dict[str, Any], base: dict[str, Any], log: Callable[[str], None]) -> list[Any]:
     """Methods, their steps and epochs under the budget, and an estimated wall time (compare/plan.py)."""
     from peftbench.compare.plan import estimate, lines
 
@@ -205,6 +205,7 @@ def show_plan(plan: StudyPlan, budget: dict[str, Any], base: dict[str, Any], log
         log(line)
     for line in (m for p in plan.probes.values() for m in p.messages):
         log(line)
+    return ests
 
 
 def _attempt(execute: Execute, raw: dict[str, Any], label: str, failures: list[Failure],
@@ -226,9 +227,12 @@ def run_study(plan: StudyPlan, execute: Execute, log: Callable[[str], None]) -> 
     budget = equal_flops(plan, log) if plan.budget == "flops" else {"kind": "as configured", "value": None}
     flops = budget["value"] if budget["kind"] == "flops" and budget.get("reference") != "given" else None
     base = _with_budget(plan.raw, flops)
-    show_plan(plan, budget, base, log)
+    ests = show_plan(plan, budget, base, log)
     if plan.dry_run:
         return StudyResult([], [], {}, budget)
+    from peftbench.compare.progress import Tracker
+
+    track = Tracker.from_plan(ests, plan.probes)  # a progress line with an ETA after every run
 
     chosen: dict[int, float] = {}  # entry index -> rate
     search: list[RunRow] = []
@@ -242,6 +246,7 @@ def run_study(plan: StudyPlan, execute: Execute, log: Callable[[str], None]) -> 
         for lr in grid:  # judged on validation only: these runs never score test
             raw = deep_merge(base, {"method": e.spec, "train": {"lr": lr, "seed": plan.seeds[0], "test": False}})
             row = _attempt(execute, raw, f"{e.label} (lr {lr:g}, search)", failures, log)
+            log(track.run_finished(e.label, f"lr {lr:g} search", row))
             if row is None:
                 continue
             search.append(row)
@@ -251,6 +256,7 @@ def run_study(plan: StudyPlan, execute: Execute, log: Callable[[str], None]) -> 
                 scored.append((lr, r["validation"][select], select))
         if not scored:
             skip.add(i)
+            track.drop(e.label, len(plan.seeds))
             log(f"{e.label}: every learning-rate search run failed, so it is not run on test")
             continue
         lower = lower_is_better(scored[0][2])
@@ -268,6 +274,7 @@ def run_study(plan: StudyPlan, execute: Execute, log: Callable[[str], None]) -> 
             if i in chosen:
                 train["lr"] = chosen[i]
             row = _attempt(execute, deep_merge(base, {"method": e.spec, "train": train}), f"{e.label} (seed {seed})", failures, log)
+            log(track.run_finished(e.label, f"seed {seed}", row))
             if row is not None:
                 rows.append(row)
     return StudyResult(rows, search, {plan.entries[i].label: lr for i, lr in chosen.items()}, budget, failures)

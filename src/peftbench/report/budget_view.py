@@ -121,6 +121,6 @@ def verdicts_json(results_dir: Any, run_ids: set[str]) -> dict[str, Any]:
     if not run_ids:
         return {}
     rep = aggregate(results_dir, run_ids=run_ids)
-    return {"verdicts": [{"section": s.title, "by_budget": to_jsonable(s.by_budget),
+    return {"sections": [{"section": s.title, "by_budget": to_jsonable(s.by_budget),
                           "flags": [{"label": c.label, "kind": f.kind, "reason": f.reason} for c in s.cells for f in c.flags]}
                          for s in rep.sections]}

@@ -10,8 +10,9 @@ from rich.table import Table
 
 from peftbench.errors import UserError
 from peftbench.metrics import metric_label
-from peftbench.report import budget_view
+from peftbench.report import budget_view, constraints
 from peftbench.report.aggregate import Report, Section, aggregate
+from peftbench.report.constraints import Limit
 from peftbench.report.formats import LR_HEADER, RANK_LEGEND, baseline_rows, columns, cost_columns, lr_rows, to_csv, to_json, to_markdown
 
 
@@ -112,15 +113,17 @@ def print_report(rep: Report, console: Console) -> None:
 def report(
     results_dir: Path, html: Path | None = None, csv: Path | None = None, json_path: Path | None = None,
     markdown: Path | None = None, plots_dir: Path | None = None, console: Console | None = None,
-    resamples: int = 1000, target_fraction: float = 0.9,
+    resamples: int = 1000, target_fraction: float = 0.9, limits: list[Limit] | None = None,
 ) -> Report:
-    """Aggregate the finished runs in results_dir, print the tables, write the requested files."""
+    """Aggregate the finished runs in results_dir, print the tables, write the requested files.
+    limits: the verdict under those constraints goes under the tables and atop the HTML; none fits: UserError."""
     results_dir = Path(results_dir)
     _check(results_dir)
     rep = aggregate(results_dir, resamples=resamples, target_fraction=target_fraction)
     written: list[Path] = []
     if console is not None:
         print_report(rep, console)
+    found = constraints.show(rep, limits or [], console) if console is not None else constraints.verdicts(rep, limits or [])
     for path, make in ((csv, to_csv), (json_path, to_json), (markdown, to_markdown)):
         if path is not None:
             _write(path, make(rep))
@@ -131,7 +134,7 @@ def report(
 
         plots = [section_plots(s, i) for i, s in enumerate(rep.sections)]  # drawn once for both
         if html is not None:
-            _write(html, render(rep, plots))
+            _write(html, render(rep, plots, verdicts=[v.line for v in found]))
             written.append(html)
         if plots_dir is not None:
             for plot in (p for ps in plots for p in ps):
@@ -139,4 +142,5 @@ def report(
             written.append(plots_dir)
     if console is not None and written:
         console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
+    constraints.refuse_unfit(found)
     return rep

@@ -57,6 +57,7 @@ details { border: 1px solid var(--line); border-radius: 4px; margin: 4px 0; padd
 summary { cursor: pointer; }
 pre { background: #f7f8fa; padding: 8px; overflow-x: auto; font-size: 12px; }
 code { font-size: 12px; }
+.verdict { font-size: 15px; font-weight: 600; margin: 16px 0 4px; padding: 8px 12px; border-left: 4px solid var(--accent); background: var(--head); }
 .legend span { display: inline-block; padding: 1px 8px; margin-right: 8px; border: 1px solid var(--line); }
 """
 
@@ -199,8 +200,9 @@ def _runs(report: Report) -> str:
     return f'<section id="runs"><h2>Runs and their configurations</h2>{"".join(items)}</section>'
 
 
-def render(report: Report, plots: list[list[Plot]] | None = None) -> str:
-    """The whole report as one HTML document; plots: each section's, when already drawn."""
+def render(report: Report, plots: list[list[Plot]] | None = None, verdicts: list[str] | None = None) -> str:
+    """The whole report as one HTML document; plots: each section's, when already drawn; verdicts: the
+    lines of the verdict under the user's constraints (report/constraints.py), shown above the tables."""
     if plots is None:
         plots = [section_plots(s, i) for i, s in enumerate(report.sections)]
     nav = "".join(f'<a href="#s{i + 1}">{_e(s.title)}</a>' for i, s in enumerate(report.sections))
@@ -216,5 +218,5 @@ def render(report: Report, plots: list[list[Plot]] | None = None) -> str:
         f"<style>{CSS}</style></head><body><header><h1>peftbench report</h1>"
         f'<p class="meta">Results folder <code>{_e(report.results_dir)}</code> · {len(report.runs)} finished runs · '
         f"generated {_e(when)} · paired bootstrap with {report.resamples} resamples</p><nav>{nav}</nav></header>"
-        f"<main>{body}{_lr(report)}{_runs(report)}</main><script>{JS}</script></body></html>"
+        f"<main>{''.join(f'<p class=verdict>{_e(v)}</p>' for v in verdicts or [])}{body}{_lr(report)}{_runs(report)}</main><script>{JS}</script></body></html>"
     )
