@@ -240,6 +240,9 @@ class FixedTask:
     def train_batches(self, batch_size: int, seed: int) -> Any:
         return iter(self.batches)
 
+    def pieces(self, batch: Batch, batch_size: int) -> list[tuple[Batch, float]]:
+        return [(batch, 1.0)]  # one forward pass per batch, as Task.pieces for single-sequence examples
+
     def batch_tokens(self, batch: Batch) -> int:
         return batch_tokens(batch)
 
