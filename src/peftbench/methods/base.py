@@ -56,6 +56,8 @@ class Method:
     summary: ClassVar[str]
     Params: ClassVar[type[Params]] = Params
     default_lr: ClassVar[float | None]
+    # The new modules' (task head's) rate when train.head_lr is not set; None: they learn at train.lr.
+    default_head_lr: ClassVar[float | None] = None
     # Capabilities: what the method needs and allows. Code outside methods/ reads these, never
     # the method's name; `peftbench methods` shows them.
     trains: ClassVar[bool] = True  # False: nothing trains, so it takes no learning rate or budget
