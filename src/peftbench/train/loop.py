@@ -114,8 +114,11 @@ def train(
         return point
 
     if not method.trains:
+        if method.fits:  # a closed-form fit (linear_probe): its forward passes are its training time and FLOPs
+            with clock.running(), phase("fit"):
+                method.fit(model, task, spec.select_metric or task.select_metric, spec.eval_batch_size, meter)
         point = validate(0, 0, None)
-        return TrainOutcome(0, 0, 0.0, eval_clock.seconds, 0, [point])
+        return TrainOutcome(0, 0, clock.seconds, eval_clock.seconds, 0, [point])
 
     params = [p for p in model.parameters() if p.requires_grad]
     select = spec.select_metric or task.select_metric
