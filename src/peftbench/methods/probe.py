@@ -26,6 +26,7 @@ from peftbench.measure.flops import FlopMeter
 from peftbench.methods import register
 from peftbench.methods.base import Context, Params
 from peftbench.methods.baselines import Base
+from peftbench.tasks.pooling import pool
 from peftbench.train import precision
 
 PROBE_FILE = "probe.json"  # the C grid's validation scores and the chosen C, beside the head's weights
@@ -60,14 +61,15 @@ class LinearProbe(Base):
 
         head = self._linear_head(model, len(task.labels))
         (x, y), (vx, vy) = (features(model, head, task, split, batch_size, meter) for split in ("train", "validation"))
-        scaler = StandardScaler().fit(x)
+        bias = head.bias is not None  # GPT-2's and Llama's score layer has none: no intercept, features only scaled
+        scaler = StandardScaler(with_mean=bias).fit(x)
         x, vx = scaler.transform(x), scaler.transform(vx)
         best: tuple[float, Any] | None = None
         self.scores = {}
         for c in sorted(self.params.cs):
             with warnings.catch_warnings():  # an unconverged fit at a large C is still a candidate; validation judges it
                 warnings.simplefilter("ignore")
-                clf = LogisticRegression(C=c, max_iter=self.params.max_iter).fit(x, y)
+                clf = LogisticRegression(C=c, max_iter=self.params.max_iter, fit_intercept=bias).fit(x, y)
             score = validation_score(task, vy, clf.predict(vx), select)
             self.scores[f"{c:g}"] = score
             if best is None or score > best[0]:
@@ -106,6 +108,8 @@ def features(model: nn.Module, head: nn.Linear, task: Any, split: str, batch_siz
             batch = {k: v.to(device) for k, v in task.strategy.collate([rows[j] for j in order[i: i + batch_size]]).items()}
             with meter.count(batch), precision.autocast(task.precision, device.type):
                 model(**batch)
+            if chunks[-1].ndim == 3:  # a decoder's score layer reads every position: its prediction is the last token's
+                chunks[-1] = pool(chunks[-1], batch["attention_mask"].cpu(), "last")
     finally:
         handle.remove()
         model.train(was_training)
@@ -123,7 +127,9 @@ def validation_score(task: Any, refs: np.ndarray, preds: np.ndarray, select: str
 
 def set_head(head: nn.Linear, clf: Any, scaler: Any, labels: int) -> None:
     """The fitted regression as the head's weight and bias: argmax of the logits is its prediction."""
-    coef, icpt = clf.coef_ / scaler.scale_, clf.intercept_ - (clf.coef_ * scaler.mean_ / scaler.scale_).sum(1)
+    mean = scaler.mean_ if scaler.mean_ is not None and scaler.with_mean else 0.0
+    coef = clf.coef_ / scaler.scale_
+    icpt = np.broadcast_to(np.asarray(clf.intercept_, dtype=np.float64), (coef.shape[0],)) - (coef * mean).sum(1)
     weight = np.zeros((labels, coef.shape[1]))
     bias = np.zeros(labels)
     if coef.shape[0] == 1:  # binary: one logit for the second class against 0
@@ -134,4 +140,5 @@ def set_head(head: nn.Linear, clf: Any, scaler: Any, labels: int) -> None:
         bias[absent] = -1e9  # a class train never shows is never predicted
     with torch.no_grad():
         head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
-        head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+        if head.bias is not None:
+            head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
