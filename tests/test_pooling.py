@@ -154,3 +154,10 @@ def test_bad_pooling_is_one_line_exit_2(tiny_config: dict, tmp_path: Path, bad: 
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "pooling" in lines[0] and "Traceback" not in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_pooling_on_a_task_without_a_classification_head_is_refused(tiny_config: dict, tmp_path: Path) -> None:
+    res = cli("run", "--model", tiny_config["model"]["name"], "--task", "multiple_choice", "--data",
+              tiny_config["task"]["data"]["source"], "--pooling", "mean", "--results-dir", tmp_path / "r")
+    assert res.exit_code == 2 and "--pooling mean" in res.output and "multiple_choice" in res.output, res.output
+    assert not (tmp_path / "r").exists()

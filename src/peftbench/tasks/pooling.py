@@ -83,10 +83,13 @@ def checkpoint_pooling(name: str, revision: str | None) -> str | None:
 
 def resolve(task: TaskSpec, model: ModelSpec) -> str:
     """task.pooling with auto decided: the checkpoint's pooling for a classification task, else the model's own."""
+    if task.kind != "classification":
+        if task.pooling not in ("auto", "model"):
+            raise UserError(f"--pooling {task.pooling} sets what a text classification head reads, and task "
+                            f"'{task.kind}' has none; drop --pooling (task.pooling)")
+        return "model"
     if task.pooling != "auto":
         return task.pooling
-    if task.kind != "classification":
-        return "model"
     return checkpoint_pooling(models.resolve(model), model.revision) or "model"
 
 
