@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 16 items 3/4: the head_lr grid and the pooling before/after on MiniLM / TweetEval emotion
-# (BENCHMARKS.md); 18 runs of 64 steps and 2 probes, ~4 minutes each on 2 busy CPU cores.
+# (BENCHMARKS.md); 20 runs of 64 steps and 2 probes, ~4 minutes each on 2 busy CPU cores.
 # usage: benchmarks/head_lr_pooling.sh RESULTS_DIR   (PEFTBENCH / PYTHON: the CLI and interpreter to use)
 set -euo pipefail
 R=${1:-results/head-lr-pooling}
@@ -18,3 +18,5 @@ for m in parallel_adapter bottleneck_adapter lora; do
   for h in "$(lr $m)" 1e-2 5e-2; do run -m "$m" --head-lr "$h"; done
 done
 for pool in model mean; do run -m linear_probe --pooling "$pool"; done
+# the head rate alone, under the old pooler
+for m in parallel_adapter bottleneck_adapter; do run -m "$m" --pooling model --head-lr 5e-2; done
