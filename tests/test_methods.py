@@ -23,6 +23,7 @@ INTENDED = {
     "base": None,
     "few_shot": None,
     "head": HEAD,
+    "linear_probe": HEAD,  # fitted, not trained: the head's weights only
     "full": r".*",
     "lora": rf"lora_|{HEAD}",
     "adalora": rf"lora_|{HEAD}",
@@ -74,7 +75,7 @@ def test_only_intended_parameters_change(tiny_config: dict, method: str) -> None
     stray = {n for n in changed if not pattern.search(n)}
     assert not stray, f"{method} changed parameters it should not: {sorted(stray)[:5]}"
     assert any(HEAD in n for n in changed), f"{method} did not train the classifier head"
-    if method not in ("head", "full"):
+    if method not in ("head", "full", "linear_probe"):
         assert any(HEAD not in n for n in changed), f"{method} trained only the head"
     if method == "full":
         assert any("encoder.layer.0.attention" in n for n in changed)

@@ -100,6 +100,9 @@ class TaskSpec(Spec):
     prompt: str | None = None  # template with {input}, for decoder and seq2seq models; None: the task's
     generation: GenerationSpec = GenerationSpec()
     samples: int = Field(5, ge=0, le=100)  # test examples stored with untuned and tuned outputs
+    # What a classification head reads (tasks/pooling.py): auto resolves to the checkpoint's own pooling
+    # (sentence-transformers' 1_Pooling) or "model" (the model's own pooler, as before); hashed unless "model".
+    pooling: Literal["auto", "model", "cls", "mean", "last"] = "auto"
 
     @model_validator(mode="after")
     def _prompt_has_input(self) -> TaskSpec:
@@ -115,6 +118,9 @@ class MethodSpec(Spec):
 
 class TrainSpec(Spec):
     lr: float | None = Field(None, gt=0.0, allow_inf_nan=False)  # None: the method's default
+    # Rate of the modules the checkpoint did not fill (task head, a new pooler); None: the method's
+    # default_head_lr, else train.lr. Hashed only where it differs from train.lr (train/optim.py).
+    head_lr: float | None = Field(None, gt=0.0, allow_inf_nan=False)
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(64, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -177,7 +183,8 @@ class MeasureSpec(Spec):
 
 
 # Keys added after runs were stored, left out of canonical() while at their default so those runs keep their hash.
-NEW_AT_DEFAULT_UNHASHED = (("train", "gradient_checkpointing"), ("train", "packing"), ("measure", "latency_max_repeats"))
+NEW_AT_DEFAULT_UNHASHED = (("train", "gradient_checkpointing"), ("train", "packing"), ("measure", "latency_max_repeats"),
+                           ("train", "head_lr"), ("task", "pooling"))
 
 
 class RunConfig(Spec):
@@ -200,6 +207,8 @@ class RunConfig(Spec):
             del out["train"]["precision"]
         if out["model"].get("dtype") == "float32":
             del out["model"]["dtype"]
+        if out["task"].get("pooling") == "model":  # what every earlier run used
+            del out["task"]["pooling"]
         return out
 
 

@@ -20,6 +20,7 @@ from peftbench.errors import UserError
 from peftbench.methods import get_method
 from peftbench.store import RunRow
 from peftbench.runner import make_task
+from peftbench.tasks import pooling
 from peftbench.train import precision
 
 MERGE_TOLERANCE = 1e-4
@@ -34,7 +35,7 @@ def rebuild(row: RunRow, full_precision: bool = False) -> tuple[Any, torch.nn.Mo
     """The run's task, its base model with the saved adapter loaded, the method, and the processor.
 
     In the run's precision and base dtype; full_precision: in fp32 and float32 (a merge to save)."""
-    cfg = precision.as_stored(parse_config(row.config), full=full_precision)
+    cfg = pooling.as_stored(precision.as_stored(parse_config(row.config), full=full_precision))
     # The stored config spells every default out; a default max_length the run lowered to the
     # model's limit must be lowered the same way again, not refused as if the user had asked for it.
     cfg.task.model_fields_set.discard("max_length")

@@ -33,7 +33,7 @@ from peftbench.methods.base import Context, Method
 from peftbench.store import Budget as StoredBudget
 from peftbench.store import folder as run_folder
 from peftbench.store import Costs, Latency, Predictions, RunOutput, RunResult, RunRow, Sample, Store
-from peftbench.tasks import get_task, truncation
+from peftbench.tasks import get_task, pooling, truncation
 from peftbench.track import Tee, check_trackers, open_trackers
 from peftbench.train import grad_checkpointing, lm_loss, optim, packing, parallel, precision, threads
 from peftbench.train.checkpoint import Checkpoints
@@ -63,6 +63,8 @@ def normalize(cfg: RunConfig) -> tuple[RunConfig, Method]:
         cfg.train.gradient_checkpointing = False
     elif cfg.train.lr is None:
         cfg.train.lr = optim.default_lr(cfg.train.optimizer, method.default_lr)
+    cfg.train.head_lr = optim.resolve_head_lr(cfg.train, method.default_head_lr) if method.trains else None
+    cfg.task.pooling = pooling.resolve(cfg.task, cfg.model)  # auto: the checkpoint's own (decided before hashing)
     # auto decided here, for this machine: the store records and hashes what the run really uses
     cfg.train.precision, cfg.model.dtype = precision.resolve(cfg.train.precision, cfg.model.dtype, pick_device(),
                                                              method.frozen_base)

@@ -145,6 +145,10 @@ FLAGS: list[Flag] = [
     Flag("max_length", Optional[int], "task.max_length", "Truncate inputs to this many tokens."),
     Flag("lr", Optional[float], "train.lr", "Learning rate (default: the method's).",
          help_for={COMPARE: "One learning rate for every method (default: each method's own)."}),
+    Flag("head_lr", Optional[float], "train.head_lr", "Learning rate of the modules the checkpoint did not fill (task head, a new pooler); "
+         "default: the method's head rate, else --lr. compare --lr-grid keeps it fixed."),
+    Flag("pooling", Optional[str], "task.pooling", "What a classification head reads: cls, mean or last token's hidden states, or model "
+         "(the model's own pooler). Default auto: the checkpoint's sentence-transformers pooling, else model."),
     Flag("steps", Optional[int], "train.steps", "Budget in optimizer steps. compare: the reference method (--reference, "
          f"default lora) trains this many and every method gets the training FLOPs it spent ({MAIN_JOB_STEPS} when no "
          "--config/--epochs/--flops/--seconds); --budget steps gives every method these steps instead."),

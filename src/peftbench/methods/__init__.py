@@ -23,4 +23,4 @@ def get_method(name: str) -> type[Method]:
     return REGISTRY[name]
 
 
-from peftbench.methods import baselines, lora, ia3, prompts, lycoris, vera, selective, adapters, qlora  # noqa: E402,F401
+from peftbench.methods import baselines, lora, ia3, prompts, lycoris, vera, selective, adapters, qlora, probe  # noqa: E402,F401

@@ -187,6 +187,8 @@ class AdapterMethod(Method):
     parallel: ClassVar[bool]
     placements: ClassVar[dict[str, tuple[str, ...]]]  # placement -> sublayer kinds
     default_lr = 1e-3  # a common adapter rate; not tuned on real data
+    # The fresh head needs a far larger step than adapters scaled by 4 can take (BENCHMARKS.md, issue 16 item 3).
+    default_head_lr = 5e-2
     can_merge = False  # the non-linearity keeps the adapter out of the weights
 
     heads: list[str] = []

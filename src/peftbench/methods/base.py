@@ -56,6 +56,8 @@ class Method:
     summary: ClassVar[str]
     Params: ClassVar[type[Params]] = Params
     default_lr: ClassVar[float | None]
+    # The new modules' (task head's) rate when train.head_lr is not set; None: they learn at train.lr.
+    default_head_lr: ClassVar[float | None] = None
     # Capabilities: what the method needs and allows. Code outside methods/ reads these, never
     # the method's name; `peftbench methods` shows them.
     trains: ClassVar[bool] = True  # False: nothing trains, so it takes no learning rate or budget
@@ -67,6 +69,7 @@ class Method:
     needs_step_budget: ClassVar[bool] = False  # a schedule counted in optimizer steps: no FLOPs or seconds budget
     step_schedule: ClassVar[str] = "schedule"  # what that schedule is, to word the refusal
     frozen_base: ClassVar[bool] = True  # False: every base weight trains, so model.dtype auto keeps float32
+    fits: ClassVar[bool] = False  # trains no gradient steps but fits its head in closed form (fit below)
 
     @classmethod
     def capabilities(cls) -> dict[str, Any]:
@@ -132,6 +135,9 @@ class Method:
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         """Return the model to train, with exactly the intended parameters trainable."""
         raise NotImplementedError
+
+    def fit(self, model: nn.Module, task: Any, select: str, batch_size: int, meter: Any) -> None:
+        """A method that `fits` sets its weights from the training data here (its forward FLOPs on `meter`)."""
 
     def on_step(self, model: nn.Module, step: int) -> None:
         """Called after each optimizer step, before gradients are cleared."""

@@ -12,6 +12,7 @@ from torch import nn
 from peftbench.errors import UserError
 from peftbench.methods import register
 from peftbench.methods.base import Context, Method, Params
+from peftbench.tasks import pooling
 
 HEAD_FILE = "head.safetensors"
 
@@ -86,7 +87,7 @@ class Full(Method):
     def load(self, model: nn.Module, src: Path) -> nn.Module:
         # from_pretrained, not load_state_dict: transformers 5 may save checkpoint names that
         # differ from the modules' (ViT's q_proj is saved as "query"), and it maps them back.
-        loaded = type(model).from_pretrained(src)
+        loaded = pooling.reinstall(type(model).from_pretrained(src))  # its config records a pooling hook
         return loaded.to(next(model.parameters()).device)
 
 

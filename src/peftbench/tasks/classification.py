@@ -207,4 +207,5 @@ class Classification(Task):
         if "baselines" not in self.__dict__:  # what always-the-majority and uniform guessing score on test
             self.baselines = label_baselines(self.splits["train"]["label"], self.splits["test"]["label"], len(self.labels))
         return {**super().describe(), "labels": self.labels, "sizes": {s: len(c["label"]) for s, c in self.splits.items()},
-                "max_length": getattr(self, "max_length", self.spec.max_length), "baselines": self.baselines}
+                "max_length": getattr(self, "max_length", self.spec.max_length), "baselines": self.baselines,
+                **({"pooling": self.pooling} if getattr(self, "pooling", None) else {})}

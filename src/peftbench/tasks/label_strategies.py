@@ -19,6 +19,7 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 from peftbench import models
 from peftbench.config import GenerationSpec, ModelSpec
 from peftbench.measure.flops import FlopMeter
+from peftbench.tasks import pooling
 from peftbench.tasks.base import Batch, metered
 from peftbench.tasks.families import LM_FAMILIES, Strategies
 from peftbench.tasks.generation import PairCodec
@@ -71,6 +72,8 @@ class ClassifierHead(LabelStrategy):
             id2label=dict(enumerate(t.labels)), label2id={l: i for i, l in enumerate(t.labels)}, **t.model_kwargs,
         )
         model.config.pad_token_id = tok.pad_token_id  # decoders find each row's last token by it
+        t.pooling = pooling.resolve(t.spec, spec)  # the checkpoint's own, unless task.pooling says otherwise
+        t.head_modules = pooling.install(model, t.pooling, t.head_modules)
         t.peft_task_type = "SEQ_CLS"
         self._collate = DataCollatorWithPadding(tok, pad_to_multiple_of=PAD_MULTIPLE, return_tensors="pt")
         return model

@@ -114,13 +114,16 @@ def train(
         return point
 
     if not method.trains:
+        if method.fits:  # a closed-form fit (linear_probe): its forward passes are its training time and FLOPs
+            with clock.running(), phase("fit"):
+                method.fit(model, task, spec.select_metric or task.select_metric, spec.eval_batch_size, meter)
         point = validate(0, 0, None)
-        return TrainOutcome(0, 0, 0.0, eval_clock.seconds, 0, [point])
+        return TrainOutcome(0, 0, clock.seconds, eval_clock.seconds, 0, [point])
 
     params = [p for p in model.parameters() if p.requires_grad]
     select = spec.select_metric or task.select_metric
     s = State(loss_sum=torch.zeros((), device=device))
-    optimizer, scheduler = optim.build(model, spec, lr, budget.steps, lambda: s.progress)
+    optimizer, scheduler = optim.build(model, spec, lr, budget.steps, lambda: s.progress, task.head_modules)
     evals = EvalSchedule.of(spec.eval_every, budget)
     batches = TokenCount(parallel.shard(task.train_batches(spec.batch_size, spec.seed)), task.batch_tokens)
     train_model = parallel.wrap(model)  # DDP across processes under accelerate launch / torchrun

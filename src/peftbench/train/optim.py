@@ -21,7 +21,7 @@ decay; matrices and embeddings get train.weight_decay.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -53,14 +53,32 @@ def require(optimizer: str) -> None:
             ) from None
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters in two groups: decayed (ndim >= 2) and not (biases, norms); empty groups dropped."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+def param_groups(model: nn.Module, weight_decay: float, heads: Sequence[str] = (),
+                 head_lr: float | None = None) -> list[dict[str, Any]]:
+    """Trainable parameters in two groups: decayed (ndim >= 2) and not (biases, norms); empty groups dropped.
+
+    With a head_lr, the parameters of the new modules `heads` (named as in the unwrapped model; peft's
+    wrappers add prefixes and modules_to_save copies) form two more groups at that rate."""
+    decay, no_decay, head_decay, head_no_decay = [], [], [], []
+    marks = tuple(f".{h}." for h in heads) if head_lr is not None else ()
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            new = any(m in f".{name}" for m in marks)
+            ((head_no_decay if new else no_decay) if p.ndim < 2 else (head_decay if new else decay)).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0},
+              {"params": head_decay, "weight_decay": weight_decay, "lr": head_lr},
+              {"params": head_no_decay, "weight_decay": 0.0, "lr": head_lr}]
     return [g for g in groups if g["params"]]
+
+
+def resolve_head_lr(spec: TrainSpec, method_head_lr: float | None) -> float | None:
+    """The head's own rate, or None where it learns at train.lr (so equal rates hash as before).
+
+    Not set: the method's default head rate (AdamW-style rates only: Prodigy's lr is a multiplier)."""
+    rate = spec.head_lr
+    if rate is None and spec.optimizer != "prodigy":
+        rate = method_head_lr
+    return None if rate is None or rate == spec.lr else float(rate)
 
 
 def warmup_steps(spec: TrainSpec, total_steps: int) -> int:
@@ -88,13 +106,15 @@ class ProgressSchedule(torch.optim.lr_scheduler.LambdaLR):
 
 
 def build(model: nn.Module, spec: TrainSpec, lr: float, total_steps: int | None,
-          progress: Callable[[], float] | None = None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+          progress: Callable[[], float] | None = None,
+          heads: Sequence[str] = ()) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """(optimizer, scheduler) for spec.optimizer; the scheduler is stepped once per optimizer step.
 
     total_steps None (a FLOPs or seconds budget): a ProgressSchedule that follows `progress()`.
+    heads: the task's new modules, which learn at spec.head_lr when it is set.
     """
     require(spec.optimizer)
-    groups = param_groups(model, spec.weight_decay)
+    groups = param_groups(model, spec.weight_decay, heads, spec.head_lr)
     warmup = warmup_steps(spec, total_steps) if total_steps is not None else 0
     if spec.optimizer == "adamw":
         # Fused on CUDA (one kernel, no host sync, and fp16's scaler steps it without one). Not on CPU: there it
