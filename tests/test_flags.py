@@ -185,3 +185,21 @@ def test_compare_json_carries_the_winner_by_budget_and_flags(tiny_model: str, ti
         assert sorted(bb["excluded"]) == ["head", "lora"]
     assert leaders <= {"head", "lora"} and not leaders & set(bb["excluded"])
     assert not math.isnan(bb["reference_flops"])
+
+
+@pytest.mark.parametrize("width", [70, 80, 100, 120])
+def test_terminal_tables_fold_to_the_width_and_never_crop_the_flags(tmp_path: Path, width: int) -> None:
+    """rich crops (not folds) a table's right edge when columns' minimum widths leave no room: the flags
+    column went missing at 120 columns in the README's main job."""
+    import io
+
+    from rich.console import Console
+
+    from peftbench.report.command import print_report
+
+    buf = io.StringIO()
+    print_report(aggregate(flagged_store(tmp_path / "res"), resamples=100), Console(width=width, file=buf, markup=False))
+    lines = buf.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= width
+    text = buf.getvalue()
+    assert text.count("unconv.") == 1 and text.count("degen.") == 2 and "flags" in text

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
@@ -24,7 +26,7 @@ TERMINAL_PARTS = {  # three narrow tables read better in a terminal than one wid
 TRAINING_COSTS = ("train FLOPs", "train time", "train tokens/s", "MFU")
 
 
-def section_table(section: Section, part: str = "quality") -> Table:
+def section_table(section: Section, part: str = "quality", width: int | None = None) -> Table:
     """One section's cells: rank or ≈ best, test scores (mean ± 95% CI) and the bootstrap against
     the best (part "quality"); AULC, FLOPs to target and training cost ("training"); trainable
     parameters, memory, adapter size and latency ("footprint").
@@ -55,15 +57,26 @@ def section_table(section: Section, part: str = "quality") -> Table:
                                                f"{section.bootstrap[1:]}; {RANK_LEGEND}")
     table = Table(title=title, caption=caption, caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for name, get in cols:
-        widest = max(len(get(c)[0]) for c in section.cells)  # numbers keep their line; names fold instead
+        # numbers keep their line, names fold instead (at most 15 wide)
+        widest = max(len(get(c)[0]) for c in section.cells)
         table.add_column(name, justify="left" if name == "method" else "right", overflow="fold",
-                         min_width=None if name == "method" else min(widest, 18))
+                         min_width=None if name == "method" else min(widest, 15))
+    if width is not None and _too_wide(table, width):
+        for col in table.columns:  # rich crops (not folds) the last columns when minimum widths leave no room
+            col.min_width = None
     for c in section.cells:
         style = "bold green" if c.rank == 1 else "green" if c.near_best else None
         table.add_row(*(get(c)[0] for _, get in cols), style=style)
     for row in baseline_rows(section, cols, digits=3) if part == "quality" else []:
         table.add_row(*(t for t, _ in row), style="dim")
     return table
+
+
+def _too_wide(table: Table, width: int) -> bool:
+    """Whether rich renders the table wider than `width` (it then crops its right edge)."""
+    probe = Console(width=width, file=io.StringIO(), markup=False)
+    probe.print(table, crop=False)
+    return any(cell_len(line) > width for line in probe.file.getvalue().splitlines())
 
 
 def lr_table(report: Report) -> Table:
@@ -102,7 +115,7 @@ def _write(path: Path, data: str | bytes) -> None:
 def print_report(rep: Report, console: Console) -> None:
     for s in rep.sections:
         for part in TERMINAL_PARTS:
-            console.print(section_table(s, part))
+            console.print(section_table(s, part, console.width))
         for note in s.notes:
             console.print(f"note: {note}", style="yellow", highlight=False)
         budget_view.print_section(s, console)  # winner by budget, then flag lines

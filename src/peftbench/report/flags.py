@@ -184,8 +184,11 @@ def flag_lines(section: Section) -> list[str]:
     return [f"{c.label} — {f}" for c in section.cells for f in c.flags]
 
 
-def flag_words(cell: Cell) -> str:
-    return ", ".join(dict.fromkeys(f.kind for f in cell.flags))
+SHORT = {"unconverged": "unconv.", "degenerate": "degen."}  # terminals: the flag lines under the table say the rest
+
+
+def flag_words(cell: Cell, short: bool = False) -> str:
+    return ", ".join(dict.fromkeys(SHORT.get(f.kind, f.kind) if short else f.kind for f in cell.flags))
 
 
 

@@ -101,7 +101,7 @@ def columns(section: Section, compact: bool = False) -> list[Column]:
     pct = f"{section.target_fraction:.0%}"
     cols.append((f"FLOPs to {pct} of best", lambda c: (_reach_text(c, compact), _mean(c.flops_to_target))))
     if any(c.flags for c in section.cells):  # degenerate / unconverged (report/flags.py); reasons under the table
-        cols.append(("flags", lambda c: (flag_words(c) or "-", None)))
+        cols.append(("flags", lambda c: (flag_words(c, compact) or "-", None)))
     return cols
 
 
