@@ -16,7 +16,8 @@ import tempfile
 import time
 
 ARMS = {"glibc default": {},
-        "mmap>=1MB, trim 16MB": {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "16777216"}}
+        "mmap>=1MB, trim 16MB": {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "16777216"},
+        "mmap>=4MB": {"MALLOC_MMAP_THRESHOLD_": "4194304"}}
 
 
 def one(args: list[str], extra_env: dict[str, str]) -> tuple[float, float, float]:

@@ -35,7 +35,7 @@ from peftbench.store import folder as run_folder
 from peftbench.store import Costs, Latency, Predictions, RunOutput, RunResult, RunRow, Sample, Store
 from peftbench.tasks import get_task, pooling, truncation
 from peftbench.track import Tee, check_trackers, open_trackers
-from peftbench.train import grad_checkpointing, lm_loss, optim, packing, parallel, precision, threads
+from peftbench.train import grad_checkpointing, lm_loss, malloc, optim, packing, parallel, precision, threads
 from peftbench.train.checkpoint import Checkpoints
 from peftbench.train.loop import Budget, Quiet, Reporter, train
 
@@ -236,6 +236,7 @@ def run(
     report_to: optional trackers (tensorboard, mlflow, wandb) that mirror the run, offline.
     """
     check_trackers(report_to or [])
+    malloc.fix_mmap_threshold()  # large activations back to the system when freed, not fragmenting the heap
     cfg, method = normalize(cfg)
     digest = config_hash(cfg)
     if Path(results_dir, "results.sqlite").exists() or Path(results_dir, "runs").is_dir():
