@@ -233,6 +233,7 @@ class FixedTask:
     (validation is outside the training clock in peftbench; Trainer runs none here)."""
 
     select_metric = "loss"
+    head_modules: list[str] = []  # nothing new beside the checkpoint's own LM head
 
     def __init__(self, batches: list[Batch]) -> None:
         self.batches = batches

@@ -110,7 +110,8 @@ def test_detach_runs_in_the_background_with_progress_and_the_same_command_resume
     assert log.parent == res / "logs" and f"tail -f {log}" in started.stdout
     try:
         deadline = time.time() + 240
-        while time.time() < deadline and not (list(res.glob("checkpoints/*/*")) and "progress: 1/2" in log.read_text()):
+        # a whole checkpoint (pathlib's glob also matches the .tmp file being written before its rename)
+        while time.time() < deadline and not (list(res.glob("checkpoints/*/state.pt")) and "progress: 1/2" in log.read_text()):
             time.sleep(0.05)
         assert detached_alive(res) == [pid]  # the detached study outlived the command that started it
         text = log.read_text()
