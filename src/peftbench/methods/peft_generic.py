@@ -63,8 +63,8 @@ def _field(name: str, f: dataclasses.Field, hint: Any) -> tuple[Any, Any]:
     limits: dict[str, float] = {}
     if name.endswith("dropout"):
         limits = {"ge": 0.0, "lt": 1.0}
-    elif name == "r":
-        limits = {"ge": 1}
+    elif name == "r" and isinstance(default, int):
+        limits = {"ge": min(1, default)}  # OFT's 0 means: size blocks by oft_block_size instead
     help_ = (f.metadata or {}).get("help", "")
     if name == "target_modules":
         default, help_ = None, "null: peft's per-model default, or 'all-linear' where peft has none; " + help_
@@ -157,10 +157,15 @@ class GenericTuner(PeftMethod):
     def validate(cls, params: dict[str, Any]) -> Any:
         p = super().validate(params)
         try:  # peft's own checks (__post_init__), worded as one line
-            cls.config_cls(**p.model_dump())
+            cls.config_cls(**cls.peft_kwargs(p))
         except (ValueError, TypeError) as err:
             raise UserError(f"bad {cls.name} hyper-parameters: {str(err).splitlines()[0]}; fix the --param values") from None
         return p
+
+    @staticmethod
+    def peft_kwargs(p: Params) -> dict[str, Any]:
+        """The values the user set, as validated (nested peft dataclasses stay dataclasses); peft fills the rest."""
+        return {k: getattr(p, k) for k in p.model_fields_set}
 
     def check(self, ctx: Context) -> None:
         if ctx.family not in self.families:
@@ -171,7 +176,7 @@ class GenericTuner(PeftMethod):
                             "seq2seq generation); use lora or ia3 for this task")
 
     def peft_config(self, ctx: Context) -> Any:
-        return self.config_cls(task_type=ctx.peft_task_type, **self.params.model_dump())
+        return self.config_cls(task_type=ctx.peft_task_type, **self.peft_kwargs(self.params))
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         try:
