@@ -190,3 +190,38 @@ def test_gpt2_conv1d_is_refused_naming_what_works(tiny_models) -> None:
     works = msg.split("; use ", 1)[1]
     assert "lora, ia3" in works and "fourierft" in works and "oft" not in works.replace("or a model", "")
     assert works.endswith("or a model with nn.Linear layers")
+
+
+@pytest.mark.parametrize("method", [n for n in GENERIC if n not in ("shadow", "adaption_prompt")])
+def test_mergeable_tuners_merge_to_the_same_outputs_and_the_rest_refuse(method: str, tiny_config: dict) -> None:
+    cfg, m, task, model = build(tiny_config, method, 2, TINY.get(method))
+    prefix = PEFT_TYPE_TO_PREFIX_MAPPING[model.peft_config["default"].peft_type]
+    with torch.no_grad():  # a trained-looking update, so merging has something to fold in
+        for n, p in model.named_parameters():
+            if p.requires_grad and prefix in n:
+                p.add_(0.05 * torch.randn_like(p))
+    batch = next(task.train_batches(8, seed=5))
+    model.eval()
+    with torch.no_grad():
+        want = model(**batch).logits
+    if not m.can_merge:
+        with pytest.raises(UserError, match=f"method '{method}' cannot be merged"):
+            m.merge(model)
+        return
+    plain = m.merge(model)
+    assert not isinstance(plain, peft.PeftModel) and not any(prefix in n for n, _ in plain.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**batch).logits, want, rtol=0, atol=1e-4)
+
+
+def test_export_merges_a_generic_tuner_through_the_cli(tiny_model: str, tiny_data: Path, tmp_path: Path) -> None:
+    from peftbench.cli import app as cli
+
+    res = CliRunner().invoke(cli, ["run", "-m", "hra", "--model", tiny_model, "--data", str(tiny_data), "--steps", "2",
+                                   "--max-length", "32", "--batch-size", "8", "--results-dir", str(tmp_path / "r"), "--json"])
+    assert res.exit_code == 0, res.output
+    run_id = json.loads(res.stdout)["run_id"]
+    res = CliRunner().invoke(cli, ["export", run_id, str(tmp_path / "m"), "--merge", "--results-dir", str(tmp_path / "r"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["merged"] and json.loads(res.stdout)["max_abs_diff"] <= 1e-4
+    assert methods_json()["lily"]["can_merge"] is False and methods_json()["oft"]["can_merge"] is True

@@ -7,9 +7,13 @@ sense for one task's comparison are listed with the reason (`unsuited`).
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
+import inspect
 import re
+import sys
+import textwrap
 import typing
 from typing import Any, ClassVar
 
@@ -199,6 +203,30 @@ class GenericTuner(PeftMethod):
         return UserError(f"peft's {self.name} failed on this {kind} model ({type(err).__name__}: {line}); use lora or ia3")
 
 
+def _only_raises(fn: Any) -> bool:
+    """A method whose body (past its docstring) is a bare raise: peft's way of saying 'not supported'."""
+    try:
+        body = ast.parse(textwrap.dedent(inspect.getsource(fn))).body[0].body
+    except (OSError, TypeError, SyntaxError):
+        return False
+    body = body[1:] if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) else body
+    return bool(body) and isinstance(body[0], ast.Raise)
+
+
+def mergeable(tuner_cls: Any) -> bool:
+    """Whether peft folds this tuner into the base weights: it unloads, and no layer's merge only raises."""
+    if tuner_cls is None or not hasattr(tuner_cls, "merge_and_unload"):
+        return False
+    package = tuner_cls.__module__.rpartition(".")[0]
+    for mod_name, mod in list(sys.modules.items()):
+        if mod is None or not mod_name.startswith(package + "."):
+            continue
+        for obj in vars(mod).values():
+            if isinstance(obj, type) and obj.__module__ == mod_name and "merge" in vars(obj) and _only_raises(vars(obj)["merge"]):
+                return False
+    return True
+
+
 def make_method(peft_type: Any, config_cls: type, tuner_cls: Any) -> type[GenericTuner]:
     from peft.config import PromptLearningConfig
 
@@ -211,7 +239,7 @@ def make_method(peft_type: Any, config_cls: type, tuner_cls: Any) -> type[Generi
         raise UserError(f"peft's {config_cls.__name__} cannot be read as peftbench hyper-parameters: {err}") from None
     return type(f"Generic_{name}", (GenericTuner,), {
         "name": name, "peft_name": name, "config_cls": config_cls, "Params": validated, "families": families,
-        "prompt_learning": prompt, "summary": _summary(tuner_cls, config_cls) + " (peft, generic)",
+        "prompt_learning": prompt, "can_merge": mergeable(tuner_cls), "summary": _summary(tuner_cls, config_cls) + " (peft, generic)",
     })
 
 
