@@ -62,6 +62,17 @@ def test_params_defaults_and_help_come_from_the_peft_dataclass() -> None:
     assert listed["default_lr"] == REGISTRY["lora"].default_lr
 
 
+def test_stored_params_rebuild_the_same_peft_config() -> None:
+    """A run stores every hyper-parameter spelled out (JSON); reading them back gives the same method and config."""
+    for method in GENERIC:
+        first = get_method(method)({})
+        stored = json.loads(json.dumps(first.normalized_params()))
+        again = get_method(method)(stored)
+        assert again.normalized_params() == stored, method
+        ctx = Context("SEQ_CLS", "m", 2)
+        assert again.peft_config(ctx).to_dict() == first.peft_config(ctx).to_dict(), method
+
+
 def test_methods_lists_unsuited_tuners_with_the_reason(monkeypatch) -> None:
     from peftbench.cli import common
 

@@ -70,8 +70,10 @@ def _field(name: str, f: dataclasses.Field, hint: Any) -> tuple[Any, Any]:
     elif name == "r" and isinstance(default, int):
         limits = {"ge": min(1, default)}  # OFT's 0 means: size blocks by oft_block_size instead
     help_ = (f.metadata or {}).get("help", "")
-    if name == "target_modules":
-        default, help_ = None, "null: peft's per-model default, or 'all-linear' where peft has none; " + help_
+    if name == "target_modules" and default is None:
+        help_ = "null: peft's per-model default, or 'all-linear' where peft has none; " + help_
+    if default is None:  # peft often types a None default as its other values only
+        hint = typing.Optional[hint]
     return hint, Field(default, description=" ".join(str(help_).split()), **limits)
 
 
