@@ -77,7 +77,7 @@ def test_methods_lists_unsuited_tuners_with_the_reason(monkeypatch) -> None:
     from peftbench.cli import common
 
     listed = methods_json()
-    for name in ("xlora", "poly", "multitask_prompt_tuning", "cpt", "trainable_tokens", "cartridge", "mixed"):
+    for name in ("xlora", "poly", "multitask_prompt_tuning", "cpt", "trainable_tokens", "cartridge", "mixed", "shadow"):
         assert listed[name]["unsuited"] == UNSUITED[name] and not listed[name]["params"]
     monkeypatch.setattr(common.out, "width", 2000)  # one table row per line
     rows = CliRunner().invoke(app, ["methods"]).output.splitlines()
@@ -127,7 +127,7 @@ def test_cli_trains_saves_and_reloads_identically(method: str, tiny_model: str, 
 @pytest.mark.parametrize("method", GENERIC)
 def test_every_generic_tuner_trains_its_own_parameters_and_reloads(method: str, tiny_config: dict, tmp_path: Path) -> None:
     """On the tiny BERT: two steps change the tuner's parameters and the head only; reloading gives the same logits."""
-    if method in ("shadow", "adaption_prompt"):
+    if method == "adaption_prompt":
         with pytest.raises(UserError, match="adapts decoder models"):
             build(tiny_config, method, 2, TINY.get(method))
         return
@@ -203,7 +203,7 @@ def test_gpt2_conv1d_is_refused_naming_what_works(tiny_models) -> None:
     assert works.endswith("or a model with nn.Linear layers")
 
 
-@pytest.mark.parametrize("method", [n for n in GENERIC if n not in ("shadow", "adaption_prompt")])
+@pytest.mark.parametrize("method", [n for n in GENERIC if n != "adaption_prompt"])
 def test_mergeable_tuners_merge_to_the_same_outputs_and_the_rest_refuse(method: str, tiny_config: dict) -> None:
     cfg, m, task, model = build(tiny_config, method, 2, TINY.get(method))
     prefix = PEFT_TYPE_TO_PREFIX_MAPPING[model.peft_config["default"].peft_type]
@@ -236,3 +236,4 @@ def test_export_merges_a_generic_tuner_through_the_cli(tiny_model: str, tiny_dat
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["merged"] and json.loads(res.stdout)["max_abs_diff"] <= 1e-4
     assert methods_json()["lily"]["can_merge"] is False and methods_json()["oft"]["can_merge"] is True
+
