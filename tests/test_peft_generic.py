@@ -177,7 +177,8 @@ def _vit(tiny_models, method: str):
     return get_method(method)({}).apply(model, Context(None, vit, 2, family="vision", head_modules=["classifier"]))
 
 
-@pytest.mark.parametrize(("method", "marker"), [("ia3", "ia3_l"), ("vera", "vera_lambda_"), ("oft", "oft_R")])
+# adamss: peft 0.21 maps ViT to query/value, names transformers 5 no longer uses; all-linear instead.
+@pytest.mark.parametrize(("method", "marker"), [("ia3", "ia3_l"), ("vera", "vera_lambda_"), ("oft", "oft_R"), ("adamss", "adamss_")])
 def test_vit_takes_all_linear_where_peft_has_no_default(method: str, marker: str, tiny_models) -> None:
     model = _vit(tiny_models, method)
     adapted = {n for n, p in model.named_parameters() if marker in n and p.requires_grad}
@@ -237,3 +238,9 @@ def test_export_merges_a_generic_tuner_through_the_cli(tiny_model: str, tiny_dat
     assert json.loads(res.stdout)["merged"] and json.loads(res.stdout)["max_abs_diff"] <= 1e-4
     assert methods_json()["lily"]["can_merge"] is False and methods_json()["oft"]["can_merge"] is True
 
+
+
+def test_a_tuner_without_modules_to_save_refuses_a_task_head() -> None:
+    with pytest.raises(UserError) as e:
+        get_method("adaption_prompt")({}).check(Context("SEQ_CLS", "m", 2, family="decoder", head_modules=["score"]))
+    assert "cannot train this task's new head" in str(e.value) and "\n" not in str(e.value)

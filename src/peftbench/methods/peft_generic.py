@@ -107,8 +107,10 @@ def _model_type(model: nn.Module) -> str:
     return str(getattr(getattr(model, "config", None), "model_type", "this"))
 
 
-def _peft_mapping(config: Any, model_type: str) -> bool:
-    """Whether peft has a default target-module list for this tuner and model type."""
+def _peft_mapping(config: Any, model: nn.Module) -> bool:
+    """Whether peft has a default target-module list for this tuner and model type that names layers it has.
+
+    (peft 0.21's lists for some tuners name ViT's query/value, which transformers 5 calls q_proj/v_proj.)"""
     from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
     from peft.utils import constants
 
@@ -116,12 +118,16 @@ def _peft_mapping(config: Any, model_type: str) -> bool:
     mapping = getattr(tuner, "target_module_mapping", None)
     if mapping is None:  # IA3 keeps its mapping as a module constant
         mapping = getattr(constants, f"TRANSFORMERS_MODELS_TO_{_peft_name(config.peft_type).upper()}_TARGET_MODULES_MAPPING", {})
-    return model_type in mapping
+    names = mapping.get(_model_type(model))
+    if names is None or isinstance(names, str):  # none, or a regex peft matches itself
+        return names is not None
+    layers = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    return any(t in layers for t in names)
 
 
 def default_targets(config: Any, model: nn.Module) -> Any:
     """target_modules null means peft's per-model default; where peft has none, every linear layer."""
-    if getattr(config, "target_modules", "") is not None or _peft_mapping(config, _model_type(model)):
+    if getattr(config, "target_modules", "") is not None or _peft_mapping(config, model):
         return config
     config.target_modules = "all-linear"
     if getattr(config, "feedforward_modules", "") is None:  # IA3: scale every target's output
@@ -181,6 +187,9 @@ class GenericTuner(PeftMethod):
         if ctx.family not in self.families:
             raise UserError(f"method '{self.name}' adapts {'/'.join(self.families)} models and this model is of the "
                             f"{ctx.family} family; use lora, ia3 or full instead")
+        if ctx.head_modules and "modules_to_save" not in {f.name for f in dataclasses.fields(self.config_cls)}:
+            raise UserError(f"method '{self.name}' cannot train this task's new head (peft's {self.config_cls.__name__} "
+                            "saves no extra modules); use it on a generation task, or use lora")
         if self.prompt_learning and ctx.peft_task_type is None:
             raise UserError(f"method '{self.name}' needs one of peft's task types (text classification, causal or "
                             "seq2seq generation); use lora or ia3 for this task")
