@@ -244,3 +244,20 @@ def test_a_tuner_without_modules_to_save_refuses_a_task_head() -> None:
     with pytest.raises(UserError) as e:
         get_method("adaption_prompt")({}).check(Context("SEQ_CLS", "m", 2, family="decoder", head_modules=["score"]))
     assert "cannot train this task's new head" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_adaption_prompt_trains_a_decoders_generation_and_reloads(tiny_models, tmp_path: Path) -> None:
+    from conftest import write_jsonl
+    from peftbench.runner import run
+    from test_generation import config, dialogue_rows
+
+    (tmp_path / "d").mkdir()
+    for split, n in (("train", 16), ("test", 4)):
+        write_jsonl(tmp_path / "d" / f"{split}.jsonl", dialogue_rows(n, 1))
+    raw = config(tiny_models("llama"), tmp_path / "d", "summarization", method="adaption_prompt", samples=0)
+    raw["method"]["params"] = {"adapter_len": 4, "adapter_layers": 1}  # the tiny Llama has 2 layers
+    row = run(parse_config({**raw, "train": {**raw["train"], "steps": 2, "eval_every": 2}}), tmp_path / "r").row
+    assert row.status == "done"
+    task, model, _, _ = rebuild(row)
+    got = task.evaluate(model, "test", 8).predictions
+    assert list(got) == json.loads((row.folder / "predictions.json").read_text())["predictions"]

@@ -112,9 +112,12 @@ def _peft_mapping(config: Any, model: nn.Module) -> bool:
 
     (peft 0.21's lists for some tuners name ViT's query/value, which transformers 5 calls q_proj/v_proj.)"""
     from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+    from peft.tuners.tuners_utils import BaseTuner
     from peft.utils import constants
 
     tuner = PEFT_TYPE_TO_TUNER_MAPPING.get(config.peft_type)
+    if not (isinstance(tuner, type) and issubclass(tuner, BaseTuner)):  # adaption prompts find their layers themselves
+        return True
     mapping = getattr(tuner, "target_module_mapping", None)
     if mapping is None:  # IA3 keeps its mapping as a module constant
         mapping = getattr(constants, f"TRANSFORMERS_MODELS_TO_{_peft_name(config.peft_type).upper()}_TARGET_MODULES_MAPPING", {})
