@@ -12,12 +12,14 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from peftbench.config import parse_config
 from peftbench.export import rebuild
 from peftbench.methods import REGISTRY
+from peftbench.methods.peft_generic import GenericTuner  # their merges: test_peft_generic.py
 from peftbench.runner import run
 from test_bad_input import assert_refused, invoke
 
-MERGEABLE = sorted(n for n, c in REGISTRY.items() if c.can_merge and n != "qlora")
+HAND = {n: c for n, c in REGISTRY.items() if not issubclass(c, GenericTuner)}
+MERGEABLE = sorted(n for n, c in HAND.items() if c.can_merge and n != "qlora")
 # qlora needs CUDA and few_shot a generator: neither runs on the tiny BERT these tests train.
-NOT_MERGEABLE = sorted(n for n, c in REGISTRY.items() if not c.can_merge and n not in ("qlora", "few_shot"))
+NOT_MERGEABLE = sorted(n for n, c in HAND.items() if not c.can_merge and n not in ("qlora", "few_shot"))
 
 
 def trained(tiny_config: dict, method: str, results: Path, params: dict | None = None):

@@ -32,6 +32,14 @@ def _capabilities(caps: dict[str, Any]) -> str:
     return "\n".join(words) or "-"
 
 
+def unsuited_docs() -> list[dict[str, Any]]:
+    """peft tuners peftbench does not offer, each with the reason (no parameters, nothing to run)."""
+    from peftbench.methods.peft_generic import UNSUITED_FOUND
+
+    return [{"method": name, "unsuited": why, "summary": f"peft tuner, not offered: {why}", "default_lr": None,
+             "lr_tuned": True, "can_merge": False, "capabilities": {}, "params": {}} for name, why in UNSUITED_FOUND.items()]
+
+
 @friendly
 def methods_cmd(json_out: bool = Opt(False, "--json", help="Print as JSON.")) -> None:
     """List methods and their hyper-parameters (defaults and limits)."""
@@ -47,7 +55,9 @@ def methods_cmd(json_out: bool = Opt(False, "--json", help="Print as JSON.")) ->
             hp[key] = {"default": f.default, "type": str(f.annotation).replace("typing.", ""),
                        "limits": limits, "help": f.description or ""}
         docs.append({"method": name, "summary": cls.summary, "default_lr": cls.default_lr,
+                     "lr_tuned": getattr(cls, "lr_tuned", True),
                      "can_merge": cls.can_merge, "capabilities": cls.capabilities(), "params": hp})
+    docs += unsuited_docs()
     if json_out:
         print(json.dumps(docs, indent=2, default=str))
         return
@@ -56,8 +66,9 @@ def methods_cmd(json_out: bool = Opt(False, "--json", help="Print as JSON.")) ->
         table.add_column(col, overflow="fold")  # folded, not cut: every default stays readable
     for d in docs:
         hp = "\n".join(f"{k}={v['default']!r} {v['limits']}".strip() for k, v in d["params"].items()) or "-"
-        table.add_row(d["method"], f"{d['default_lr']:g}" if d["default_lr"] else "-", hp,
-                      _capabilities(d["capabilities"]), d["summary"])
+        lr = f"{d['default_lr']:g}" + ("" if d["lr_tuned"] else " (LoRA's; not tuned)") if d["default_lr"] else "-"
+        table.add_row(d["method"], lr, hp, _capabilities(d["capabilities"]) if "unsuited" not in d
+                      else "not offered", d["summary"])
     out.print(table)
 
 

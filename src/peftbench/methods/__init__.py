@@ -24,3 +24,6 @@ def get_method(name: str) -> type[Method]:
 
 
 from peftbench.methods import baselines, lora, ia3, prompts, lycoris, vera, selective, adapters, qlora, probe  # noqa: E402,F401
+from peftbench.methods import peft_generic  # noqa: E402  (last: hand-written names above win)
+
+peft_generic.register_all(REGISTRY)

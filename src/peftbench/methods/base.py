@@ -202,7 +202,9 @@ class PeftMethod(Method):
 
         self.check(ctx)
         check_targets(model, self.targets(), self.name)
-        config = self.peft_config(ctx)
+        from peftbench.methods.peft_generic import default_targets
+
+        config = default_targets(self.peft_config(ctx), model)  # all-linear where peft has no default
         if ctx.head_modules:  # peft knows the head of SEQ_CLS only; name it for every task
             config.modules_to_save = sorted(set(config.modules_to_save or []) | set(ctx.head_modules))
         try:
