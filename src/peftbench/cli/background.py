@@ -104,12 +104,10 @@ def detached_alive(results_dir: Path) -> list[int]:
 
 def _alive(pid: int) -> bool:
     """Running, and not a zombie waiting for a parent to reap it."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    from peftbench.store.sqlite import pid_alive
+
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):

@@ -102,7 +102,8 @@ class RunRow:
         return self.config.get("train", {}).get("test") is False or not (self.run_result and self.run_result.scored_on_test)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """A process with this pid exists (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -161,7 +162,7 @@ class Store:
         host = socket.gethostname()
         rows = self.db.execute("SELECT run_id, pid FROM runs WHERE status='running' AND host=?", (host,)).fetchall()
         for run_id, pid in rows:
-            if pid != os.getpid() and not _alive(pid):
+            if pid != os.getpid() and not pid_alive(pid):
                 self.db.execute(
                     "UPDATE runs SET status='interrupted', error='process ended before the run finished' "
                     "WHERE run_id=? AND status='running'", (run_id,)
