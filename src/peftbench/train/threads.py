@@ -81,22 +81,17 @@ def _busy_ticks() -> tuple[int, int] | None:
 
 
 def busy_now(window: float = SAMPLE) -> float | None:
-    """Cores other processes keep busy right now: the machine's busy share over a short window, times
-    its cores, less this process's own CPU time in it. None where /proc/stat is missing."""
-    a, own, t = _busy_ticks(), time.process_time(), time.monotonic()
-    if a is None:
+    """Cores other processes keep busy right now: LoadWindow over a short sleep. None where /proc/stat is missing."""
+    probe = LoadWindow()
+    if probe.ticks is None:
         return None
     time.sleep(window)
-    b, own, t = _busy_ticks(), time.process_time() - own, time.monotonic() - t
-    if b is None or b[1] == a[1]:
-        return None
-    share = (b[0] - a[0]) / (b[1] - a[1])  # of all cores the kernel counts
-    return max(0.0, share * (os.cpu_count() or 1) - own / t)
+    return probe.other()
 
 
 class LoadWindow:
-    """What other processes kept busy over a stretch of this process's work (latency timing): the
-    machine's busy ticks over the window, less this process's CPU time, in cores."""
+    """What other processes kept busy over a stretch of time (a short sleep, or latency timing): the
+    machine's busy share over the window times its cores, less this process's own CPU time, in cores."""
 
     def __init__(self) -> None:
         self.ticks, self.own, self.t = _busy_ticks(), time.process_time(), time.monotonic()
