@@ -61,14 +61,14 @@ def section_table(section: Section, part: str = "quality", width: int | None = N
         widest = max(len(get(c)[0]) for c in section.cells)
         table.add_column(name, justify="left" if name == "method" else "right", overflow="fold",
                          min_width=None if name == "method" else min(widest, 15))
-    if width is not None and _too_wide(table, width):
-        for col in table.columns:  # rich crops (not folds) the last columns when minimum widths leave no room
-            col.min_width = None
     for c in section.cells:
         style = "bold green" if c.rank == 1 else "green" if c.near_best else None
         table.add_row(*(get(c)[0] for _, get in cols), style=style)
     for row in baseline_rows(section, cols, digits=3) if part == "quality" else []:
         table.add_row(*(t for t, _ in row), style="dim")
+    if width is not None and _too_wide(table, width):  # measured with its rows: they set the widths
+        for col in table.columns:  # rich crops (not folds) the last columns when minimum widths leave no room
+            col.min_width = None
     return table
 
 
