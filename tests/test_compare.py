@@ -89,3 +89,36 @@ def test_compare_refusals_are_one_line(tiny_model, tiny_data, tmp_path):
         assert res.exit_code == 2, (extra, res.output)
         assert words in res.stderr and res.stderr.count("error:") == 1 and "Traceback" not in res.output, res.stderr
     assert not Store(tmp_path).list()
+
+
+def test_head_rates_per_method_fixed_or_searched_jointly(tiny_model, tiny_data, tmp_path):
+    """Issue 16 item 6: a methods entry may fix its head rate (head_lr) or search it with the lr grid
+    (head_lr_grid, every pair, on validation); the test-scored runs use the pair chosen."""
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text("methods:\n"
+                   "  - {name: lora, lr_grid: [1.0e-3, 1.0e-2], head_lr_grid: [1.0e-2, 5.0e-2]}\n"
+                   "  - {name: ia3, head_lr: 5.0e-2}\n")
+    doc = compare(*base_args(tiny_model, tiny_data, tmp_path / "r"), "--config", str(cfg), "--steps", "2")["doc"]
+    store = Store(tmp_path / "r")
+    done = store.list("done")
+    search = [r for r in done if r.config["train"]["test"] is False]
+    head = lambda t: t.get("head_lr", t["lr"])  # noqa: E731  (stored only where it differs from lr)
+    pairs = {(r.config["train"]["lr"], head(r.config["train"])): r.result["validation"]["macro_f1"] for r in search}
+    assert sorted(pairs) == [(1e-3, 1e-2), (1e-3, 5e-2), (1e-2, 1e-2), (1e-2, 5e-2)]
+    assert all(r.method == "lora" for r in search)
+    best = max(pairs, key=lambda p: (pairs[p], -p[0], -p[1]))  # ties keep the first pair tried
+    assert (doc["chosen_lr"]["lora"], doc["chosen_head_lr"]["lora"]) == best
+    finals = {r["method"]: store.get(r["run_id"]).config["train"] for r in doc["runs"]}
+    assert (finals["lora"]["lr"], head(finals["lora"])) == best
+    assert finals["ia3"]["head_lr"] == 5e-2  # fixed for ia3 alone, not searched
+
+
+def test_bad_head_rates_in_a_methods_entry_are_one_line(tiny_model, tiny_data, tmp_path):
+    for entry, words in [("{name: lora, head_lr: fast}", "head_lr of method 'lora' must be a positive rate"),
+                         ("{name: lora, head_lr_grid: []}", "head_lr_grid of method 'lora'"),
+                         ("{name: lora, head_lr: 1.0e-2, head_lr_grid: [1.0e-2]}", "both head_lr and head_lr_grid")]:
+        cfg = tmp_path / "bad.yaml"
+        cfg.write_text(f"methods:\n  - {entry}\n")
+        res = CliRunner().invoke(app, ["compare", *base_args(tiny_model, tiny_data, tmp_path), "--config", str(cfg)])
+        assert res.exit_code == 2 and words in res.stderr and "Traceback" not in res.output, res.stderr
+    assert not Store(tmp_path).list()

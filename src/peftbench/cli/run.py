@@ -103,7 +103,7 @@ def run_cmd(
 @with_options(COMPARE)
 def compare_cmd(
     methods: str = Opt(DEFAULT_METHODS, "--methods", help="Comma-separated methods to compare; a method's params in parentheses: 'few_shot(k=2),lora(r=16)'."),
-    config: Optional[Path] = Opt(None, "--config", "-c", help="YAML base config; may list methods: [...] (entries may carry lr_grid: [...])."),
+    config: Optional[Path] = Opt(None, "--config", "-c", help="YAML base config; may list methods: [...] (entries may carry lr_grid: [...], head_lr, head_lr_grid: [...])."),
     seeds: int = Opt(1, "--seeds", min=1, max=10_000, help="Run every method with N seeds (--seed, --seed+1, ...); tables show mean ± 95% CI."),
     budget: str = Opt("flops", "--budget", help="flops: every method gets the training FLOPs the reference method spends in --steps/--epochs (default); steps: the same steps for all."),
     reference: Optional[str] = Opt(None, "--reference", help="Method whose steps set the FLOPs budget (default lora if compared, else the first training method)."),
@@ -150,7 +150,7 @@ def compare_cmd(
     if json_out:
         from peftbench.report.budget_view import verdicts_json  # winner by budget and flags (issue 16)
 
-        print(json.dumps({"budget": study.budget, "chosen_lr": study.chosen_lr, "runs": [summary(r) for r in study.rows],
+        print(json.dumps({"budget": study.budget, "chosen_lr": study.chosen_lr, "chosen_head_lr": study.chosen_head_lr, "runs": [summary(r) for r in study.rows],
                           "failures": [f.line for f in study.failures], **verdicts_json(opts["results_dir"], ids),
                           **({"verdicts": [vars(v) for v in found]} if limits else {})}, indent=2))
     elif rep is not None:

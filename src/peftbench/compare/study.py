@@ -25,10 +25,12 @@ Execute = Callable[[dict[str, Any]], RunRow]  # runs (or finds) one raw config, 
 
 @dataclass
 class Entry:
-    """One method of the study: its spec and, optionally, its own learning-rate grid."""
+    """One method of the study: its spec and, optionally, its own learning-rate grid and head rate(s)."""
 
     spec: dict[str, Any]
     lr_grid: list[float] | None = None
+    head_lr: float | None = None  # train.head_lr for this method alone
+    head_lr_grid: list[float] | None = None  # searched jointly with the lr grid (every pair)
 
     @property
     def name(self) -> str:
@@ -37,7 +39,8 @@ class Entry:
     @property
     def label(self) -> str:
         params = self.spec.get("params") or {}
-        return self.name + (f"({', '.join(f'{k}={v}' for k, v in params.items())})" if params else "")
+        head = f"[head_lr={self.head_lr:g}]" if self.head_lr is not None else ""
+        return self.name + (f"({', '.join(f'{k}={v}' for k, v in params.items())})" if params else "") + head
 
 
 @dataclass
@@ -72,18 +75,34 @@ class StudyResult:
     chosen_lr: dict[str, float]  # method label -> the rate chosen on validation
     budget: dict[str, Any]
     failures: list[Failure] = field(default_factory=list)  # runs that failed midway; the others went on
+    chosen_head_lr: dict[str, float] = field(default_factory=dict)  # method label -> head rate, where searched
+
+
+def _rates(value: Any, key: str, name: Any) -> list[float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < float("inf") for x in value):
+        raise UserError(f"{key} of method '{name}' must be a non-empty list of positive rates, e.g. [1.0e-4, 1.0e-3]")
+    return [float(x) for x in value]
 
 
 def entries_from(items: list[Any]) -> list[Entry]:
-    """Methods as the CLI or a config file lists them: names, or mappings with params and lr_grid."""
+    """Methods as the CLI or a config file lists them: names, or mappings with params, lr_grid, head_lr
+    (this method's train.head_lr) and head_lr_grid (head rates searched jointly with the lr grid)."""
     out = []
     for item in items:
         spec = dict(item) if isinstance(item, dict) else {"name": item}
-        grid = spec.pop("lr_grid", None)
-        if grid is not None and (not isinstance(grid, list) or not grid or not all(isinstance(x, (int, float)) and 0 < x < float("inf") for x in grid)):
-            raise UserError(f"lr_grid of method '{spec.get('name')}' must be a non-empty list of positive rates, e.g. [1.0e-4, 1.0e-3]")
+        name = spec.get("name")
+        grid = _rates(spec.pop("lr_grid", None), "lr_grid", name)
+        head = spec.pop("head_lr", None)
+        if head is not None and (isinstance(head, bool) or not isinstance(head, (int, float)) or not 0 < head < float("inf")):
+            raise UserError(f"head_lr of method '{name}' must be a positive rate, e.g. 5.0e-2")
+        head_grid = _rates(spec.pop("head_lr_grid", None), "head_lr_grid", name)
+        if head is not None and head_grid:
+            raise UserError(f"method '{name}' gives both head_lr and head_lr_grid; keep one of them")
         get_method(spec.get("name", "")).validate(spec.get("params", {}))
-        out.append(Entry(spec, [float(x) for x in grid] if grid else None))
+        out.append(Entry(spec, grid, None if head is None else float(head), head_grid))
     if not out:
         raise UserError("no methods to compare; pass --methods lora,ia3,... or list methods: in the config")
     return out
@@ -108,6 +127,27 @@ def grid_for(entry: Entry, plan: StudyPlan) -> list[float] | None:
     cfg = parse_config(deep_merge(plan.raw, {"method": entry.spec}))
     base = cfg.train.lr or optim.default_lr(cfg.train.optimizer, get_method(entry.name).default_lr)
     return [float(f"{base * m:.3g}") for m in AUTO_GRID]
+
+
+def candidates(entry: Entry, plan: StudyPlan) -> list[dict[str, float]]:
+    """The train settings the search tries for one method (lr, and head_lr when its grid is given);
+    empty when nothing is searched."""
+    if not _trains(entry):
+        return []
+    lrs = grid_for(entry, plan)
+    heads = entry.head_lr_grid
+    if not lrs and not heads:
+        return []
+    return [{**({"lr": lr} if lr is not None else {}), **({"head_lr": h} if h is not None else {})}
+            for lr in (lrs or [None]) for h in (heads or [None])]
+
+
+def _fixed(entry: Entry) -> dict[str, float]:
+    return {"head_lr": entry.head_lr} if entry.head_lr is not None else {}
+
+
+def _shown(pick: dict[str, float]) -> str:
+    return ", ".join(f"{'lr' if k == 'lr' else 'head lr'} {v:g}" for k, v in pick.items())
 
 
 def _with_budget(raw: dict[str, Any], flops: float | None) -> dict[str, Any]:
@@ -199,7 +239,7 @@ def show_plan(plan: StudyPlan, budget: dict[str, Any], base: dict[str, Any], log
             f"{budget['value']:g} training seconds each" if kind == "seconds" else "each method's steps or epochs as configured")
     text += f", {len(plan.seeds)} seed{'s' * (len(plan.seeds) > 1)}"
     refs = {e.name: plan.probes[e.label] for e in plan.entries if e.label in plan.probes}
-    ests = [estimate(plan.probes[e.label], budget, cfg, len(plan.seeds), len(grid_for(e, plan) or []), refs)
+    ests = [estimate(plan.probes[e.label], budget, cfg, len(plan.seeds), len(candidates(e, plan)), refs)
             for e in plan.entries if e.label in plan.probes]
     for line in lines(ests, text) if ests else []:
         log(line)
@@ -234,26 +274,26 @@ def run_study(plan: StudyPlan, execute: Execute, log: Callable[[str], None]) -> 
 
     track = Tracker.from_plan(ests, plan.probes)  # a progress line with an ETA after every run
 
-    chosen: dict[int, float] = {}  # entry index -> rate
+    chosen: dict[int, dict[str, float]] = {}  # entry index -> the train settings chosen (lr, head_lr)
     search: list[RunRow] = []
     failures: list[Failure] = []
     skip: set[int] = set()  # methods whose every search run failed
     for i, e in enumerate(plan.entries):
-        grid = grid_for(e, plan)
-        if not grid:
+        tries = candidates(e, plan)
+        if not tries:
             continue
         scored = []
-        for lr in grid:  # judged on validation only: these runs never score test
-            raw = deep_merge(base, {"method": e.spec, "train": {"lr": lr, "seed": plan.seeds[0], "test": False}})
-            row = _attempt(execute, raw, f"{e.label} (lr {lr:g}, search)", failures, log)
-            log(track.run_finished(e.label, f"lr {lr:g} search", row))
+        for pick in tries:  # judged on validation only: these runs never score test
+            raw = deep_merge(base, {"method": e.spec, "train": {**_fixed(e), **pick, "seed": plan.seeds[0], "test": False}})
+            row = _attempt(execute, raw, f"{e.label} ({_shown(pick)}, search)", failures, log)
+            log(track.run_finished(e.label, f"{_shown(pick)} search", row))
             if row is None:
                 continue
             search.append(row)
             r = row.result or {}
             select = r.get("select_metric")
             if row.done and select in (r.get("validation") or {}):
-                scored.append((lr, r["validation"][select], select))
+                scored.append((pick, r["validation"][select], select))
         if not scored:
             skip.add(i)
             track.drop(e.label, len(plan.seeds))
@@ -262,19 +302,18 @@ def run_study(plan: StudyPlan, execute: Execute, log: Callable[[str], None]) -> 
         lower = lower_is_better(scored[0][2])
         best = min(scored, key=lambda t: t[1]) if lower else max(scored, key=lambda t: t[1])
         chosen[i] = best[0]
-        shown = ", ".join(f"{lr:g}: {v:.4f}" for lr, v, _ in scored)
-        edge = len(grid) > 1 and best[0] in (min(grid), max(grid))
-        log(f"{e.label}: lr {best[0]:g} chosen on validation {best[2]} ({shown})"
-            + ("; it is at the edge of the grid, so a wider grid may do better" if edge else ""))
+        shown = ", ".join(f"{_shown(pick)}: {v:.4f}" for pick, v, _ in scored)
+        edges = [k for k in best[0] if len({t[k] for t in tries}) > 1 and best[0][k] in (min(t[k] for t in tries), max(t[k] for t in tries))]
+        log(f"{e.label}: {_shown(best[0])} chosen on validation {best[2]} ({shown})"
+            + (f"; {' and '.join('lr' if k == 'lr' else 'head lr' for k in edges)} at the edge of the grid, so a wider grid may do better" if edges else ""))
 
     rows = []
     for i, e in enumerate(plan.entries):
         for seed in [] if i in skip else plan.seeds:
-            train: dict[str, Any] = {"seed": seed}
-            if i in chosen:
-                train["lr"] = chosen[i]
+            train: dict[str, Any] = {**_fixed(e), **chosen.get(i, {}), "seed": seed}
             row = _attempt(execute, deep_merge(base, {"method": e.spec, "train": train}), f"{e.label} (seed {seed})", failures, log)
             log(track.run_finished(e.label, f"seed {seed}", row))
             if row is not None:
                 rows.append(row)
-    return StudyResult(rows, search, {plan.entries[i].label: lr for i, lr in chosen.items()}, budget, failures)
+    return StudyResult(rows, search, {plan.entries[i].label: c["lr"] for i, c in chosen.items() if "lr" in c}, budget, failures,
+                       {plan.entries[i].label: c["head_lr"] for i, c in chosen.items() if "head_lr" in c})
