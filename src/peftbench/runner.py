@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from contextlib import closing
 from importlib import metadata
+from itertools import islice
 import socket
 import time
 import traceback
@@ -29,7 +30,7 @@ from peftbench.measure.phases import phase
 from peftbench.measure.memory import peak_bytes, peak_reserved_bytes, reset_peak
 from peftbench.measure.size import count_parameters, dir_bytes
 from peftbench.methods import get_method
-from peftbench.methods.base import Context, Method
+from peftbench.methods.base import Context, Method, SetupData
 from peftbench.store import Budget as StoredBudget
 from peftbench.store import folder as run_folder
 from peftbench.store import Costs, Latency, Predictions, RunOutput, RunResult, RunRow, Sample, Store
@@ -119,6 +120,7 @@ class Prepared:
     budget: Budget
     select: str
     untuned: list[Any]  # the untouched model's predictions on the first test samples
+    setup_flops: int = 0  # forward passes of a data-driven initialisation (EVA, CorDA), apart from training
 
 
 def prepare(cfg: RunConfig, method: Method, samples: bool) -> Prepared:
@@ -138,8 +140,9 @@ def prepare(cfg: RunConfig, method: Method, samples: bool) -> Prepared:
     with phase("load model"):
         model, _ = task.load_model(cfg.model)
     budget = Budget.of(cfg.train, task.train_size) if method.trains else Budget("steps", 0)
+    data = SetupData(lambda n: [dict(b) for b in islice(task.train_batches(cfg.train.batch_size, cfg.train.seed), n)], FlopMeter())
     ctx = Context(task.peft_task_type, models.resolve(cfg.model), max(budget.steps, 1) if budget.steps is not None else None,
-                  family=task.family, head_modules=list(task.head_modules))
+                  family=task.family, head_modules=list(task.head_modules), data=data)
     method.check(ctx)
     if cfg.train.packing and method.trains:
         packing.require(task.family, task, method.name)
@@ -157,7 +160,7 @@ def prepare(cfg: RunConfig, method: Method, samples: bool) -> Prepared:
         task.truncation(cfg.model)  # the share of each split max_length cuts (stored; warned once)
     if cfg.train.gradient_checkpointing:
         grad_checkpointing.enable(model, cfg.model.name)
-    return Prepared(task, model, budget, select, untuned)
+    return Prepared(task, model, budget, select, untuned, data.meter.total)
 
 
 def messages(task: Any) -> list[str]:
@@ -310,6 +313,7 @@ def run(
             peak_memory_bytes=peak, peak_memory_kind=peak_kind, adapter_bytes=dir_bytes(store.adapter_dir(staged)),
             latency=Latency.from_dict(latency),
             train_hardware_flops=meter.hardware_total if method.trains else None,
+            setup_flops=prep.setup_flops or None,
             peak_memory_reserved_bytes=peak_reserved_bytes(device), **(eff.costs() if eff else {}),
         )
         result = RunResult(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, get_args
@@ -41,6 +42,21 @@ def _type_name(t: Any) -> str:
 
 
 @dataclass
+class SetupData:
+    """The task's first training batches, for an initialisation that reads data (EVA, CorDA). Its forward
+    passes are counted on `meter`: the run stores them as setup FLOPs, apart from training."""
+
+    batches: Callable[[int], list[dict[str, Any]]]  # the first n training batches (the run's seed and batch size)
+    meter: Any  # measure.flops.FlopMeter
+
+    def forward(self, model: nn.Module, batch: dict[str, Any]) -> Any:
+        import torch
+
+        with torch.no_grad():
+            return self.meter.forward(model, batch)
+
+
+@dataclass
 class Context:
     """What a method may need to know to apply itself."""
 
@@ -49,6 +65,7 @@ class Context:
     total_steps: int | None  # None under a FLOPs or seconds budget
     family: str = "encoder"  # encoder | decoder | seq2seq | vision (models.family)
     head_modules: list[str] = field(default_factory=list)  # new task head: trained by every method but base
+    data: SetupData | None = None  # training batches for a data-driven initialisation; None outside a run
 
 
 class Method:
@@ -139,6 +156,17 @@ class Method:
     def fit(self, model: nn.Module, task: Any, select: str, batch_size: int, meter: Any) -> None:
         """A method that `fits` sets its weights from the training data here (its forward FLOPs on `meter`)."""
 
+    def param_groups(self, model: nn.Module, groups: list[dict[str, Any]], lr: float,
+                     heads: tuple[str, ...]) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups, for a method that gives some parameters their own rate
+        (LoRA+). `heads` marks the new modules' parameter names (they keep the head rate)."""
+        return groups
+
+    def optimizer(self, model: nn.Module, groups: list[dict[str, Any]], lr: float,
+                  weight_decay: float) -> Any | None:
+        """An optimizer of the method's own (LoRA-FA), or None for the configured one."""
+        return None
+
     def on_step(self, model: nn.Module, step: int) -> None:
         """Called after each optimizer step, before gradients are cleared."""
 
@@ -208,7 +236,8 @@ class PeftMethod(Method):
         if ctx.head_modules:  # peft knows the head of SEQ_CLS only; name it for every task
             config.modules_to_save = sorted(set(config.modules_to_save or []) | set(ctx.head_modules))
         try:
-            return get_peft_model(model, config)
+            self.before_wrap(model, config, ctx)
+            return self.after_wrap(get_peft_model(model, config), ctx)
         except ValueError as err:
             if "target_modules" not in str(err):
                 raise
@@ -217,6 +246,13 @@ class PeftMethod(Method):
                 f"{self.name} has no default target modules for {kind} models; pass --param target_modules=NAMES "
                 f"(layers that exist: {', '.join(module_suffixes(model))})"
             ) from None
+
+    def before_wrap(self, model: nn.Module, config: Any, ctx: Context) -> None:
+        """Work on the base model and the final peft config before peft wraps it (CorDA's statistics)."""
+
+    def after_wrap(self, model: nn.Module, ctx: Context) -> nn.Module:
+        """The wrapped model, for a method that initialises it further (EVA) or freezes part of it."""
+        return model
 
     def save(self, model: nn.Module, out: Path) -> None:
         model.save_pretrained(str(out), safe_serialization=True)

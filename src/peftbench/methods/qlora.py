@@ -16,7 +16,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from peftbench.errors import UserError
@@ -38,6 +38,13 @@ class QLoraParams(LoraParams):
     gradient_checkpointing: bool = Field(
         True, description="recompute activations in the backward pass (QLoRA's memory saving; slower)"
     )
+
+    @model_validator(mode="after")
+    def _base_stays(self) -> QLoraParams:
+        if self.init not in ("default", "gaussian", "eva", "orthogonal"):
+            raise ValueError(f"init {self.init} changes the base weights, which qlora holds in 4 bits; use lora with "
+                             f"init={self.init}, or qlora with init default, gaussian, eva or orthogonal")
+        return self
 
 
 @register

@@ -88,7 +88,7 @@ class Latency:
 
 # Costs keys added after results were stored; to_dict writes them after the older keys, and only when set.
 COSTS_ADDED = ("train_hardware_flops", "tokens_per_second", "model_flops_per_second", "mfu", "peak_flops", "peak_source",
-               "peak_memory_reserved_bytes")
+               "peak_memory_reserved_bytes", "setup_flops")
 
 
 @dataclass
@@ -119,6 +119,7 @@ class Costs:
     peak_flops: float | None = None  # the device's peak FLOP/s for the precision used
     peak_source: str | None = None  # where peak_flops came from (GPU table, CPU probe, --peak-tflops)
     peak_memory_reserved_bytes: int | None = None  # CUDA: the caching allocator's peak reservation
+    setup_flops: int | None = None  # a data-driven initialisation's forward passes (EVA, CorDA), not in train_flops
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Costs:

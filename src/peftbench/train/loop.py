@@ -123,7 +123,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     select = spec.select_metric or task.select_metric
     s = State(loss_sum=torch.zeros((), device=device))
-    optimizer, scheduler = optim.build(model, spec, lr, budget.steps, lambda: s.progress, task.head_modules)
+    optimizer, scheduler = optim.build(model, spec, lr, budget.steps, lambda: s.progress, task.head_modules, method)
     evals = EvalSchedule.of(spec.eval_every, budget)
     batches = TokenCount(parallel.shard(task.train_batches(spec.batch_size, spec.seed)), task.batch_tokens)
     train_model = parallel.wrap(model)  # DDP across processes under accelerate launch / torchrun

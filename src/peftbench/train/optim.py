@@ -107,21 +107,27 @@ class ProgressSchedule(torch.optim.lr_scheduler.LambdaLR):
 
 def build(model: nn.Module, spec: TrainSpec, lr: float, total_steps: int | None,
           progress: Callable[[], float] | None = None,
-          heads: Sequence[str] = ()) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+          heads: Sequence[str] = (), method: Any = None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """(optimizer, scheduler) for spec.optimizer; the scheduler is stepped once per optimizer step.
 
     total_steps None (a FLOPs or seconds budget): a ProgressSchedule that follows `progress()`.
     heads: the task's new modules, which learn at spec.head_lr when it is set.
+    method: a method that sets some parameters' rates (LoRA+) or brings its own optimizer (LoRA-FA).
     """
     require(spec.optimizer)
     groups = param_groups(model, spec.weight_decay, heads, spec.head_lr)
+    if method is not None:
+        groups = method.param_groups(model, groups, lr, tuple(f".{h}." for h in heads))
     warmup = warmup_steps(spec, total_steps) if total_steps is not None else 0
-    if spec.optimizer == "adamw":
+    own = method.optimizer(model, groups, lr, spec.weight_decay) if method is not None else None
+    if own is not None:
+        optimizer: torch.optim.Optimizer = own
+    elif spec.optimizer == "adamw":
         # Fused on CUDA (one kernel, no host sync, and fp16's scaler steps it without one). Not on CPU: there it
         # steps full fine-tuning 6x faster but not bit-identically (benchmarks/cpu_fused_adamw.py), so stored
         # CPU results would change.
         fused = all(p.is_cuda and p.is_floating_point() for g in groups for p in g["params"])
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=lr, **({"fused": True} if fused else {}))
+        optimizer = torch.optim.AdamW(groups, lr=lr, **({"fused": True} if fused else {}))
     elif spec.optimizer == "adafactor":
         from transformers.optimization import Adafactor
 
