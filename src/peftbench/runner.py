@@ -24,6 +24,7 @@ from peftbench import models, reuse
 from peftbench.config import RunConfig
 from peftbench.errors import Interrupted, UserError
 from peftbench.measure import efficiency
+from peftbench.measure import forgetting as forget
 from peftbench.measure.flops import FlopMeter, shape_key
 from peftbench.measure.latency import measure as measure_latency
 from peftbench.measure.phases import phase
@@ -121,9 +122,10 @@ class Prepared:
     select: str
     untuned: list[Any]  # the untouched model's predictions on the first test samples
     setup_flops: int = 0  # forward passes of a data-driven initialisation (EVA, CorDA), apart from training
+    forgetting: tuple[Any, float] | str | None = None  # (probe, LM loss before tuning), or why it is skipped
 
 
-def prepare(cfg: RunConfig, method: Method, samples: bool) -> Prepared:
+def prepare(cfg: RunConfig, method: Method, samples: bool, forgetting: bool = False) -> Prepared:
     """Task, data and model with the method applied; refuses bad input (UserError) before anything is stored."""
     torch.manual_seed(cfg.train.seed)  # the task head's initialisation is part of the run
     if method.trains:
@@ -138,7 +140,7 @@ def prepare(cfg: RunConfig, method: Method, samples: bool) -> Prepared:
     with phase("load data"):
         task.load_data()
     with phase("load model"):
-        model, _ = task.load_model(cfg.model)
+        model, tokenizer = task.load_model(cfg.model)
     budget = Budget.of(cfg.train, task.train_size) if method.trains else Budget("steps", 0)
     data = SetupData(lambda n: [dict(b) for b in islice(task.train_batches(cfg.train.batch_size, cfg.train.seed), n)], FlopMeter())
     ctx = Context(task.peft_task_type, models.resolve(cfg.model), max(budget.steps, 1) if budget.steps is not None else None,
@@ -153,6 +155,11 @@ def prepare(cfg: RunConfig, method: Method, samples: bool) -> Prepared:
             ("untuned", cfg.task.model_dump(mode="json"), reuse.data_stamp(cfg.task.data), cfg.model.model_dump(mode="json"), reuse.stamp(cfg.model.name),
              task.model_kwargs, task.lm_scoring, task.precision, cfg.train.eval_batch_size, n_samples),
             lambda: task.evaluate(model, "test", cfg.train.eval_batch_size, limit=n_samples).predictions) if n_samples else []
+    lm_before: tuple[Any, float] | str | None = None
+    if forgetting:
+        with phase("forgetting"):  # the untouched model's LM loss on general text
+            probe = forget.prepare(model, tokenizer, task.family, cfg.model)
+            lm_before = probe if isinstance(probe, str) else (probe, probe.loss(model))
     with phase("apply method"):
         method.prepare_task(task)
         model = precision.upcast_trainable(method.apply(model, ctx))
@@ -160,7 +167,7 @@ def prepare(cfg: RunConfig, method: Method, samples: bool) -> Prepared:
         task.truncation(cfg.model)  # the share of each split max_length cuts (stored; warned once)
     if cfg.train.gradient_checkpointing:
         grad_checkpointing.enable(model, cfg.model.name)
-    return Prepared(task, model, budget, select, untuned, data.meter.total)
+    return Prepared(task, model, budget, select, untuned, data.meter.total, lm_before)
 
 
 def messages(task: Any) -> list[str]:
@@ -253,7 +260,7 @@ def run(
 
     # -- everything below may still refuse bad input; nothing is stored yet ----------
     cpu = threads.for_run()  # torch's own count (or --threads N|auto, or a sweep worker's share); recorded below
-    prep = prepare(cfg, method, samples=True)
+    prep = prepare(cfg, method, samples=True, forgetting=cfg.measure.forgetting)
     task, model, budget, select, untuned = prep.task, prep.model, prep.budget, prep.select, prep.untuned
     for line in messages(task):
         log(line)
@@ -288,6 +295,15 @@ def run(
                 test = task.evaluate(model, "test", cfg.train.eval_batch_size, eval_meter,  # scored once, here
                                      lambda done, total: reporter.evaluating("test", done, total))
         test_seconds = time.perf_counter() - t0
+        forgot: dict[str, Any] = {}
+        if isinstance(prep.forgetting, tuple):
+            with phase("forgetting"):
+                probe, before = prep.forgetting
+                after = probe.loss(model)
+                forgot = {"forgetting": after - before, "lm_loss_before": before, "lm_loss_after": after}
+        elif isinstance(prep.forgetting, str):
+            forgot = {"forgetting_note": prep.forgetting}
+            log(f"note: {prep.forgetting}")
         peak, peak_kind = peak_bytes(device)
         # tokens/s, model FLOP/s and MFU (after the clocks stopped: a CPU's first peak probe is not training time)
         eff = efficiency.measure(out.tokens, meter.total, out.train_seconds, device, cfg.train.precision,
@@ -313,7 +329,7 @@ def run(
             peak_memory_bytes=peak, peak_memory_kind=peak_kind, adapter_bytes=dir_bytes(store.adapter_dir(staged)),
             latency=Latency.from_dict(latency),
             train_hardware_flops=meter.hardware_total if method.trains else None,
-            setup_flops=prep.setup_flops or None,
+            setup_flops=prep.setup_flops or None, **forgot,
             peak_memory_reserved_bytes=peak_reserved_bytes(device), **(eff.costs() if eff else {}),
         )
         result = RunResult(

@@ -165,6 +165,9 @@ FLAGS: list[Flag] = [
     Flag("checkpoint_every", Optional[int], "train.checkpoint_every", "Save a checkpoint every N optimizer steps; a killed run resumes from it (0: never; default: every ~5 minutes for runs estimated over 10)."),
     Flag("seed", Optional[int], "train.seed", "Random seed."),
     Flag("gradient_checkpointing", bool, "train.gradient_checkpointing", "Recompute activations in the backward pass: less memory, ~1/3 more compute (model FLOPs unchanged; hardware FLOPs stored too).", default=False, to_config=_only_if_set),
+    Flag("forgetting", bool, "measure.forgetting", "Measure forgetting: the change of the LM loss on a general-text sample "
+         "(WikiText-2) from before tuning to after (encoders: masked LM through the checkpoint's MLM head).",
+         default=False, to_config=_only_if_set),
     Flag("peak_tflops", Optional[float], "measure.peak_tflops", "The device's peak TFLOP/s that MFU divides by (default: a table of known GPUs; on CPU a cached matmul probe)."),
     Flag("threads", Optional[str], None, "Torch threads: a count, or auto for the cores free when each run starts "
          "(faster on a busy machine, but scores then vary with the load in the last digits). Default: torch's own count."),

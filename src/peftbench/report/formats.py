@@ -22,7 +22,7 @@ Column = tuple[str, Callable[[Cell], tuple[str, Sortable]]]
 
 # The costs a summary table shows (CSV and JSON carry all of COSTS).
 TABLE_COSTS = ["params_trainable", "train_flops", "train_seconds", "tokens_per_second", "mfu", "peak_memory_bytes",
-               "adapter_bytes", "latency.b1_ms", "latency.throughput"]
+               "adapter_bytes", "latency.b1_ms", "latency.throughput", "forgetting"]
 
 
 def num(x: float, unit: str = "") -> str:

@@ -36,6 +36,7 @@ COSTS: dict[str, tuple[str, str]] = {
     "latency.throughput": ("throughput", "ex/s"),
     "latency.merged.b1_ms": ("merged latency b=1", "ms"),
     "latency.merged.throughput": ("merged throughput", "ex/s"),
+    "forgetting": ("forgetting", ""),  # general-text LM loss after tuning minus before; lower forgot less
 }
 
 

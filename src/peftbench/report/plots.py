@@ -20,7 +20,7 @@ from peftbench.metrics import metric_label
 from peftbench.report.aggregate import COSTS, Ablation, Cell, Section
 from peftbench.stats.curves import band, curve_xy
 
-PARETO_COSTS = ["params_trainable", "peak_memory_bytes", "train_flops", "latency.b1_ms"]  # lower is cheaper
+PARETO_COSTS = ["params_trainable", "peak_memory_bytes", "train_flops", "latency.b1_ms", "forgetting"]  # lower is cheaper
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 
 

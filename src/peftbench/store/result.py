@@ -88,7 +88,7 @@ class Latency:
 
 # Costs keys added after results were stored; to_dict writes them after the older keys, and only when set.
 COSTS_ADDED = ("train_hardware_flops", "tokens_per_second", "model_flops_per_second", "mfu", "peak_flops", "peak_source",
-               "peak_memory_reserved_bytes", "setup_flops")
+               "peak_memory_reserved_bytes", "setup_flops", "forgetting", "lm_loss_before", "lm_loss_after", "forgetting_note")
 
 
 @dataclass
@@ -120,6 +120,10 @@ class Costs:
     peak_source: str | None = None  # where peak_flops came from (GPU table, CPU probe, --peak-tflops)
     peak_memory_reserved_bytes: int | None = None  # CUDA: the caching allocator's peak reservation
     setup_flops: int | None = None  # a data-driven initialisation's forward passes (EVA, CorDA), not in train_flops
+    forgetting: float | None = None  # lm_loss_after - lm_loss_before on general text (positive: forgot)
+    lm_loss_before: float | None = None  # the untuned model's LM loss on the general-text sample
+    lm_loss_after: float | None = None  # the tuned model's
+    forgetting_note: str | None = None  # why forgetting was not measured, where it was asked for
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Costs:
