@@ -122,3 +122,28 @@ def test_bad_head_rates_in_a_methods_entry_are_one_line(tiny_model, tiny_data, t
         res = CliRunner().invoke(app, ["compare", *base_args(tiny_model, tiny_data, tmp_path), "--config", str(cfg)])
         assert res.exit_code == 2 and words in res.stderr and "Traceback" not in res.output, res.stderr
     assert not Store(tmp_path).list()
+
+
+def test_halving_search_runs_every_rate_at_a_quarter_and_the_best_third_at_full(tiny_model, tiny_data, tmp_path):
+    """Issue 18 item 4: --lr-search halving. Every rate trains to 1/4 of the budget; the best third (one of
+    three) goes on to the full budget; the choice is made on validation, and no search run sees test."""
+    args = [*base_args(tiny_model, tiny_data, tmp_path), "--methods", "lora", "--steps", "8",
+            "--lr-grid", "1e-4,1e-3,1e-2", "--lr-search", "halving"]
+    got = compare(*args)
+    doc, budget = got["doc"], got["doc"]["budget"]["value"]
+    search = [r for r in Store(tmp_path).list("done") if r.config["train"]["test"] is False]
+    quarter = {r.config["train"]["lr"]: r.result["validation"]["macro_f1"] for r in search if r.config["train"]["flops"] == budget / 4}
+    full = [r for r in search if r.config["train"]["flops"] == budget]
+    assert sorted(quarter) == [1e-4, 1e-3, 1e-2] and len(full) == 1 and len(search) == 4
+    leader = max(quarter, key=lambda lr: (quarter[lr], -lr))  # ties keep the first rate tried
+    assert full[0].config["train"]["lr"] == leader == doc["chosen_lr"]["lora"]
+    assert all(r.result["test"] is None for r in search)
+    assert "go on to the full budget" in got["stderr"]
+    res = CliRunner().invoke(app, ["report", "--results-dir", str(tmp_path)])
+    assert res.exit_code == 0 and "lora (flops=" in res.output, res.output  # the quarter-budget search, apart
+
+
+def test_an_unknown_lr_search_is_one_line(tiny_model, tiny_data, tmp_path):
+    res = CliRunner().invoke(app, ["compare", *base_args(tiny_model, tiny_data, tmp_path), "--methods", "lora",
+                                   "--lr-grid", "auto", "--lr-search", "bisect"])
+    assert res.exit_code == 2 and "--lr-search grid or halving" in res.stderr and "Traceback" not in res.output

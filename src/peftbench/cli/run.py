@@ -108,6 +108,8 @@ def compare_cmd(
     budget: str = Opt("flops", "--budget", help="flops: every method gets the training FLOPs the reference method spends in --steps/--epochs (default); steps: the same steps for all."),
     reference: Optional[str] = Opt(None, "--reference", help="Method whose steps set the FLOPs budget (default lora if compared, else the first training method)."),
     lr_grid: Optional[str] = Opt(None, "--lr-grid", help="Search each method's learning rate on validation first: 'auto' (its default x 1/3, 1, 3) or rates like 1e-4,1e-3."),
+    lr_search: str = Opt("grid", "--lr-search", help="How --lr-grid is searched: grid (every rate at the full budget) or halving "
+                         "(every rate at 1/4 of the budget, the best third of them on to the full budget; judged on validation)."),
     json_out: bool = Opt(False, "--json", help="Print the comparison as JSON."),
     dry_run: bool = Opt(False, "--dry-run", help="Check every method, measure the budget, print the plan with its estimated time, and stop (nothing is stored)."),
     detach: bool = Opt(False, "--detach", help="Run in the background, on after the terminal closes; output goes to a log in the results folder (its path is printed). The same command resumes a stopped study."),
@@ -130,7 +132,7 @@ def compare_cmd(
         grid = "auto" if lr_grid.strip() == "auto" else _rates(lr_grid)
     first = opts["seed"] or 0
     plan = StudyPlan(raw, entries_from(items), [first + i for i in range(seeds)], budget=budget,
-                     reference=reference, lr_grid=grid, drop_unfit=not listed and methods == DEFAULT_METHODS,
+                     reference=reference, lr_grid=grid, lr_search=lr_search, drop_unfit=not listed and methods == DEFAULT_METHODS,
                      dry_run=dry_run)
     say = lambda line: err.print(line, highlight=False)  # noqa: E731
     _check_report_to(opts["report_to"])

@@ -9,6 +9,7 @@ only then are the chosen configs run with every seed and scored on test, once.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,9 @@ from peftbench.metrics import lower_is_better
 from peftbench.store import RunRow
 
 AUTO_GRID = (1 / 3, 1.0, 3.0)  # multiples of the method's default rate
+SEARCHES = ("grid", "halving")
+RUNG = 0.25  # halving: the share of the budget every candidate gets before the best third go on
+KEEP = 1 / 3  # ... and the share of candidates (rounded up) that go on to the full budget
 Execute = Callable[[dict[str, Any]], RunRow]  # runs (or finds) one raw config, returns its stored row
 
 
@@ -51,6 +55,7 @@ class StudyPlan:
     budget: str = "flops"  # "flops": equal training FLOPs; "steps": the config's steps/epochs/flops/seconds as given
     reference: str | None = None  # the method whose steps set the FLOPs budget; default lora, else the first trainer
     lr_grid: str | list[float] | None = None  # "auto", explicit rates for every method, or None (method defaults)
+    lr_search: str = "grid"  # grid: every candidate at the full budget; halving: all at 1/4, the best third at full
     notes: list[str] = field(default_factory=list)
     drop_unfit: bool = False  # methods the user did not pick (the default list): drop those that cannot run here
     dry_run: bool = False  # print the plan and stop
@@ -142,6 +147,12 @@ def candidates(entry: Entry, plan: StudyPlan) -> list[dict[str, float]]:
             for lr in (lrs or [None]) for h in (heads or [None])]
 
 
+def search_runs(entry: Entry, plan: StudyPlan) -> int:
+    """How many search runs a method gets: every candidate, plus (halving) the best third again at full budget."""
+    n = len(candidates(entry, plan))
+    return n + max(1, math.ceil(n * KEEP)) if plan.lr_search == "halving" and n > 1 else n
+
+
 def _fixed(entry: Entry) -> dict[str, float]:
     return {"head_lr": entry.head_lr} if entry.head_lr is not None else {}
 
@@ -189,6 +200,8 @@ def equal_flops(plan: StudyPlan, log: Callable[[str], None]) -> dict[str, Any]:
 
 def check(plan: StudyPlan) -> None:
     """Refuse what would fail midway, before anything runs."""
+    if plan.lr_search not in SEARCHES:
+        raise UserError(f"unknown learning-rate search '{plan.lr_search}'; use --lr-search grid or halving")
     if plan.budget not in ("flops", "steps"):
         raise UserError(f"unknown budget '{plan.budget}'; use --budget flops (equal training FLOPs, the default) or steps")
     if len(set(plan.seeds)) != len(plan.seeds) or not plan.seeds:
@@ -239,7 +252,7 @@ def show_plan(plan: StudyPlan, budget: dict[str, Any], base: dict[str, Any], log
             f"{budget['value']:g} training seconds each" if kind == "seconds" else "each method's steps or epochs as configured")
     text += f", {len(plan.seeds)} seed{'s' * (len(plan.seeds) > 1)}"
     refs = {e.name: plan.probes[e.label] for e in plan.entries if e.label in plan.probes}
-    ests = [estimate(plan.probes[e.label], budget, cfg, len(plan.seeds), len(candidates(e, plan)), refs)
+    ests = [estimate(plan.probes[e.label], budget, cfg, len(plan.seeds), search_runs(e, plan), refs)
             for e in plan.entries if e.label in plan.probes]
     for line in lines(ests, text) if ests else []:
         log(line)
@@ -259,6 +272,56 @@ def _attempt(execute: Execute, raw: dict[str, Any], label: str, failures: list[F
         failures.append(Failure(label, err))
         log(f"{label} failed: {Failure(label, err).line.split(': ', 1)[1]}; the study goes on")
         return None
+
+
+Scored = list[tuple[dict[str, float], float, str]]  # (train settings, validation score, metric)
+
+
+def _best(scored: Scored) -> tuple[dict[str, float], float, str]:
+    lower = lower_is_better(scored[0][2])
+    return min(scored, key=lambda t: t[1]) if lower else max(scored, key=lambda t: t[1])
+
+
+def _share(raw: dict[str, Any], share: float) -> dict[str, Any]:
+    """The config with `share` of its budget (FLOPs, seconds, steps or epochs, whichever it gives)."""
+    train = dict(raw.get("train") or {})
+    for key in ("flops", "seconds", "steps", "epochs"):
+        if train.get(key) is not None:
+            value = train[key] * share
+            train[key] = max(1, round(value)) if key == "steps" else value
+            return {**raw, "train": train}
+    return raw
+
+
+def _search(plan: StudyPlan, e: Entry, tries: list[dict[str, float]], base: dict[str, Any], execute: Execute,
+            track: Any, failures: list[Failure], spent: list[RunRow], log: Callable[[str], None]) -> Scored:
+    """Each candidate's validation score at the full budget: all of them (grid), or, under halving, those
+    that led at RUNG of the budget (the best KEEP of them, at least one). Never scores test."""
+    def rung(picks: list[dict[str, float]], raw: dict[str, Any], what: str) -> Scored:
+        scored: Scored = []
+        for pick in picks:
+            run = deep_merge(raw, {"method": e.spec, "train": {**_fixed(e), **pick, "seed": plan.seeds[0], "test": False}})
+            row = _attempt(execute, run, f"{e.label} ({_shown(pick)}, {what})", failures, log)
+            log(track.run_finished(e.label, f"{_shown(pick)} {what}", row))
+            if row is None:
+                continue
+            spent.append(row)
+            r = row.result or {}
+            select = r.get("select_metric")
+            if row.done and select in (r.get("validation") or {}):
+                scored.append((pick, r["validation"][select], select))
+        return scored
+
+    if plan.lr_search != "halving" or len(tries) < 2:
+        return rung(tries, base, "search")
+    first = rung(tries, _share(base, RUNG), f"search at {RUNG:g} of the budget")
+    if not first:
+        return []
+    keep = max(1, math.ceil(len(first) * KEEP))
+    ordered = sorted(first, key=lambda t: t[1], reverse=not lower_is_better(first[0][2]))
+    log(f"{e.label}: at {RUNG:g} of the budget {', '.join(f'{_shown(p)}: {v:.4f}' for p, v, _ in ordered)}; "
+        f"{', '.join(_shown(p) for p, _, _ in ordered[:keep])} go on to the full budget")
+    return rung([p for p, _, _ in ordered[:keep]], base, "search")
 
 
 def run_study(plan: StudyPlan, execute: Execute, log: Callable[[str], None]) -> StudyResult:
@@ -282,25 +345,15 @@ def run_study(plan: StudyPlan, execute: Execute, log: Callable[[str], None]) -> 
         tries = candidates(e, plan)
         if not tries:
             continue
-        scored = []
-        for pick in tries:  # judged on validation only: these runs never score test
-            raw = deep_merge(base, {"method": e.spec, "train": {**_fixed(e), **pick, "seed": plan.seeds[0], "test": False}})
-            row = _attempt(execute, raw, f"{e.label} ({_shown(pick)}, search)", failures, log)
-            log(track.run_finished(e.label, f"{_shown(pick)} search", row))
-            if row is None:
-                continue
-            search.append(row)
-            r = row.result or {}
-            select = r.get("select_metric")
-            if row.done and select in (r.get("validation") or {}):
-                scored.append((pick, r["validation"][select], select))
+        spent: list[RunRow] = []
+        scored = _search(plan, e, tries, base, execute, track, failures, spent, log)
+        search += spent
         if not scored:
             skip.add(i)
             track.drop(e.label, len(plan.seeds))
             log(f"{e.label}: every learning-rate search run failed, so it is not run on test")
             continue
-        lower = lower_is_better(scored[0][2])
-        best = min(scored, key=lambda t: t[1]) if lower else max(scored, key=lambda t: t[1])
+        best = _best(scored)
         chosen[i] = best[0]
         shown = ", ".join(f"{_shown(pick)}: {v:.4f}" for pick, v, _ in scored)
         edges = [k for k in best[0] if len({t[k] for t in tries}) > 1 and best[0][k] in (min(t[k] for t in tries), max(t[k] for t in tries))]
