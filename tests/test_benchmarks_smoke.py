@@ -53,3 +53,19 @@ def test_cuda_paths_say_why_on_a_cpu(throughput, capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit) as done:
         throughput.main(["--help"])
     assert done.value.code == 0 and "--cases" in capsys.readouterr().out
+
+
+def test_tuner_lrs_searches_widens_and_prints_measured_entries(monkeypatch, capsys, tmp_path: Path, tiny_model: str,
+                                                               tiny_data: Path) -> None:
+    """benchmarks/tuner_lrs.py (issue 17 item 4) on the tiny model: one tuner that trains, one refused."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import tuner_lrs
+
+    assert tuner_lrs.majority_macro_f1(["a", "a", "a", "b"]) == pytest.approx((2 * 0.75 / 1.75) / 2)
+    monkeypatch.setattr(sys, "argv", ["tuner_lrs.py", "--results-dir", str(tmp_path), "--methods", "oft,c3a",
+                                      "--model", tiny_model, "--data", str(tiny_data), "--steps", "2",
+                                      "--batch-size", "8", "--max-length", "32"])
+    tuner_lrs.main()
+    out = capsys.readouterr().out
+    assert "| c3a | refused on this model:" in out
+    assert '"oft": Tuned(' in out and "0.000667 → " in out and "0.002 → " in out and "0.006 → " in out

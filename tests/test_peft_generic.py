@@ -261,3 +261,27 @@ def test_adaption_prompt_trains_a_decoders_generation_and_reloads(tiny_models, t
     task, model, _, _ = rebuild(row)
     got = task.evaluate(model, "test", 8).predictions
     assert list(got) == json.loads((row.folder / "predictions.json").read_text())["predictions"]
+
+
+def test_tuned_rates_become_defaults_and_a_tuner_that_never_learned_gets_none(monkeypatch, tiny_model: str,
+                                                                               tiny_data: Path, tmp_path: Path) -> None:
+    """Issue 17 item 4: a rate chosen on validation (methods/tuned_lrs.py) is the tuner's default; a tuner that
+    learned at no rate tried has no default: `peftbench methods` says so with the figure, and a run needs --lr."""
+    from peftbench.methods import tuned_lrs
+
+    monkeypatch.setattr(tuned_lrs, "MEASURED", {"oft": tuned_lrs.Tuned(6e-3, 0.61, (6.67e-4, 2e-3, 6e-3, 1.8e-2)),
+                                                "hra": tuned_lrs.Tuned(None, 0.15, (6.67e-4, 2e-3, 6e-3))})
+    registry = dict(REGISTRY)
+    monkeypatch.setattr(methods, "REGISTRY", registry)
+    register_all(registry)
+    assert registry["oft"].default_lr == 6e-3 and registry["oft"].lr_tuned
+    assert registry["fourierft"].default_lr == 2e-3 and not registry["fourierft"].lr_tuned  # not yet tuned: LoRA's
+    listed = methods_json()
+    assert listed["hra"]["default_lr"] is None and listed["hra"]["no_learn"] == 0.15
+    table = CliRunner().invoke(app, ["methods"]).output  # the cell folds at 120 columns
+    assert "none: learned" in table
+    args = ["run", "-m", "hra", "--model", tiny_model, "--data", str(tiny_data), "--steps", "1", "--max-length", "32",
+            "--results-dir", str(tmp_path)]
+    assert_refused(CliRunner().invoke(app, args), "has no default learning rate: it learned at no rate tried")
+    res = CliRunner().invoke(app, [*args, "--lr", "1e-3"])
+    assert res.exit_code == 0, res.output

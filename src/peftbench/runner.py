@@ -64,6 +64,11 @@ def normalize(cfg: RunConfig) -> tuple[RunConfig, Method]:
         cfg.train.steps = cfg.train.epochs = cfg.train.flops = cfg.train.seconds = None
         cfg.train.gradient_checkpointing = False
     elif cfg.train.lr is None:
+        if method.default_lr is None and cfg.train.optimizer != "prodigy":
+            tuned = getattr(method, "tuned", None)
+            why = (f": it learned at no rate tried on MiniLM / TweetEval emotion (best validation macro-F1 {tuned.validation:.3f} "
+                   f"over {', '.join(f'{x:g}' for x in tuned.tried)})") if tuned else ""
+            raise UserError(f"method '{method.name}' has no default learning rate{why}; pass --lr")
         cfg.train.lr = optim.default_lr(cfg.train.optimizer, method.default_lr)
     cfg.train.head_lr = optim.resolve_head_lr(cfg.train, method.default_head_lr) if method.trains else None
     cfg.task.pooling = pooling.resolve(cfg.task, cfg.model)  # auto: the checkpoint's own (decided before hashing)

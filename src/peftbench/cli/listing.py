@@ -56,6 +56,7 @@ def methods_cmd(json_out: bool = Opt(False, "--json", help="Print as JSON.")) ->
                        "limits": limits, "help": f.description or ""}
         docs.append({"method": name, "summary": cls.summary, "default_lr": cls.default_lr,
                      "lr_tuned": getattr(cls, "lr_tuned", True),
+                     **({"no_learn": cls.tuned.validation} if getattr(cls, "tuned", None) and cls.tuned.lr is None else {}),
                      "can_merge": cls.can_merge, "capabilities": cls.capabilities(), "params": hp})
     docs += unsuited_docs()
     if json_out:
@@ -66,7 +67,8 @@ def methods_cmd(json_out: bool = Opt(False, "--json", help="Print as JSON.")) ->
         table.add_column(col, overflow="fold")  # folded, not cut: every default stays readable
     for d in docs:
         hp = "\n".join(f"{k}={v['default']!r} {v['limits']}".strip() for k, v in d["params"].items()) or "-"
-        lr = f"{d['default_lr']:g}" + ("" if d["lr_tuned"] else " (LoRA's; not tuned)") if d["default_lr"] else "-"
+        lr = (f"{d['default_lr']:g}" + ("" if d["lr_tuned"] else " (LoRA's; not tuned)") if d["default_lr"] else
+              f"none: learned at no rate tried (best validation {d['no_learn']:.3f})" if d.get("no_learn") is not None else "-")
         table.add_row(d["method"], lr, hp, _capabilities(d["capabilities"]) if "unsuited" not in d
                       else "not offered", d["summary"])
     out.print(table)

@@ -169,8 +169,9 @@ class GenericTuner(PeftMethod):
     config_cls: ClassVar[type]
     peft_name: ClassVar[str]
     prompt_learning: ClassVar[bool] = False
-    default_lr = Lora.default_lr  # LoRA's figure; not tuned for this tuner (issue 17 item 4)
+    default_lr = Lora.default_lr  # LoRA's figure until chosen on validation (methods/tuned_lrs.py)
     lr_tuned: ClassVar[bool] = False
+    tuned: ClassVar[Any] = None  # tuned_lrs.Tuned where the procedure ran
 
     @classmethod
     def validate(cls, params: dict[str, Any]) -> Any:
@@ -255,9 +256,13 @@ def make_method(peft_type: Any, config_cls: type, tuner_cls: Any) -> type[Generi
         validated = params_model(name, config_cls)
     except (TypeError, ValueError, ValidationError) as err:  # a config pydantic cannot model at all
         raise UserError(f"peft's {config_cls.__name__} cannot be read as peftbench hyper-parameters: {err}") from None
+    from peftbench.methods.tuned_lrs import MEASURED
+
+    tuned = MEASURED.get(name)  # a rate chosen on validation, or None where the tuner learned at none tried
     return type(f"Generic_{name}", (GenericTuner,), {
         "name": name, "peft_name": name, "config_cls": config_cls, "Params": validated, "families": families,
         "prompt_learning": prompt, "can_merge": mergeable(tuner_cls), "summary": _summary(tuner_cls, config_cls) + " (peft, generic)",
+        **({"default_lr": tuned.lr, "lr_tuned": True, "tuned": tuned} if tuned else {}),
     })
 
 
