@@ -166,3 +166,5 @@ def test_a_run_stores_eva_s_setup_flops(tiny_model, tiny_data, tmp_path):
     costs = row.result["costs"]
     assert costs["setup_flops"] > 0 and costs["train_flops"] > 0
     assert row.config["method"]["params"]["init"] == "eva"
+    shown = CliRunner().invoke(app, ["report", "--results-dir", str(tmp_path)])
+    assert shown.exit_code == 0 and "setup FLOPs" in shown.output, shown.output

@@ -21,7 +21,7 @@ Sortable = float | str | None
 Column = tuple[str, Callable[[Cell], tuple[str, Sortable]]]
 
 # The costs a summary table shows (CSV and JSON carry all of COSTS).
-TABLE_COSTS = ["params_trainable", "train_flops", "train_seconds", "tokens_per_second", "mfu", "peak_memory_bytes",
+TABLE_COSTS = ["params_trainable", "train_flops", "setup_flops", "train_seconds", "tokens_per_second", "mfu", "peak_memory_bytes",
                "adapter_bytes", "latency.b1_ms", "latency.throughput", "forgetting"]
 
 

@@ -22,7 +22,8 @@ COSTS: dict[str, tuple[str, str]] = {
     "trainable_pct": ("trainable %", "%"),
     "train_flops": ("train FLOPs", "FLOP"),
     "train_seconds": ("train time", "s"),
-    "train_hardware_flops": ("hardware FLOPs", "FLOP"),  # train FLOPs plus gradient checkpointing's recomputation
+    "train_hardware_flops": ("hardware FLOPs", "FLOP"),
+    "setup_flops": ("setup FLOPs", "FLOP"),  # a data-driven initialisation's forward passes (EVA, CorDA)  # train FLOPs plus gradient checkpointing's recomputation
     "tokens_per_second": ("train tokens/s", "tok/s"),
     "model_flops_per_second": ("model FLOP/s", "FLOP/s"),
     "mfu": ("MFU", "share"),  # a fraction of the device's peak, shown as a percentage
