@@ -57,8 +57,9 @@ def size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def check_size(paths: list[str], limit: int = SHIP_LIMIT) -> None:
+def check_size(paths: list[str], limit: int | None = None) -> None:
     """Refuse (one line) inputs too large to ship through Ray's object store."""
+    limit = SHIP_LIMIT if limit is None else limit
     sizes = {p: size(Path(p).expanduser()) for p in paths}
     total = sum(sizes.values())
     if total > limit:
