@@ -221,3 +221,13 @@ def test_progress_line_per_run_with_eta_from_measured_flops(tiny_config: dict) -
     assert "failed" in progress.finished(Outcome(1, "failed", error="x"))
     progress.finished(Outcome(2, "skipped", "r2"))
     assert progress.finished(Outcome(3, "done", "r3", seconds=2.0, flops=1e9, train_seconds=1.0)).endswith("all done")
+
+
+def test_tracker_logs_written_on_the_worker_come_back_to_the_results_folder(raw: dict, tmp_path: Path) -> None:
+    cfg, _ = normalize(parse_config(raw))
+    back = remote.work(0, cfg.model_dump(mode="json"), {}, "all", None, ["tensorboard"])
+    assert back.trackers is not None
+    with Store(tmp_path / "res") as store:
+        assert store_returned(store, identity(raw), back, force=False).status == "done"
+    events = list((tmp_path / "res" / "tensorboard").rglob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
