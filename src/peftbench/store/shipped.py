@@ -63,7 +63,8 @@ def import_run(store: Store, config_hash: str, config: dict[str, Any], shipped: 
         return done, True
     run_id = store.begin(config_hash, config, config["method"]["name"], config["model"]["name"], config["task"]["kind"])
     if shipped.status != "done" or shipped.folder is None:
-        store.fail(run_id, shipped.status if shipped.status != "done" else "failed", shipped.error or "no run folder came back")
+        status = shipped.status if shipped.status != "done" else "failed"
+        store.fail(run_id, status, shipped.error or "no run folder came back")
         return store.get(run_id), False
     staged = store.staging(run_id)
     try:

@@ -42,10 +42,12 @@ class SweepProgress:
         self.slots = slots
 
     def _expect(self) -> None:
-        every = [f for fs in self.measured.values() for f in fs]
+        def mean(xs: list[float]) -> float | None:
+            return sum(xs) / len(xs) if xs else None
+
+        every = mean([f for fs in self.measured.values() for f in fs])
         for g in self.tracker.left:
-            known = self.budgets.get(g) or (sum(self.measured[g]) / len(self.measured[g]) if g in self.measured else None)
-            self.tracker.flops[g] = known or (sum(every) / len(every) if every else 0.0)
+            self.tracker.flops[g] = self.budgets.get(g) or mean(self.measured.get(g, [])) or every or 0.0
 
     def finished(self, o: Outcome) -> str:
         """Count one finished run; the overall line."""

@@ -53,7 +53,11 @@ def store_returned(store: Any, identity: tuple[str, dict[str, Any]], back: Retur
         merge_logs(back.trackers, store.root)
     if shipped is None:  # refused before its store was touched: a local run stores nothing either
         return out
-    row, skipped = store.import_run(*identity, shipped, force)
+    try:
+        row, skipped = store.import_run(*identity, shipped, force)
+    except UserError as e:  # e.g. another live process trains the same config: that one's result counts
+        out.status, out.error = "failed", str(e)
+        return out
     out.run_id = row.run_id
     if skipped:
         out.status = "skipped"
@@ -101,7 +105,9 @@ def run_ray(jobs: list[tuple[int, dict[str, Any]]], results_dir: Path, force: bo
                     back = ray.get(ready[0])
                 except Exception as e:  # noqa: BLE001 - its worker died twice (node lost, out of memory, killed)
                     error = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-                    row, _ = store.import_run(*identities[index], Shipped("interrupted", error=error), True)
+                    # a dead worker's run ends interrupted, as a local one killed mid-run; an error in the task, failed
+                    status = "failed" if isinstance(e, ray.exceptions.RayTaskError) else "interrupted"
+                    row, _ = store.import_run(*identities[index], Shipped(status, error=error), True)
                     yield "end", Outcome(index, "failed", row.run_id, error=error)
                     continue
                 yield "end", store_returned(store, identities[index], back, force)
