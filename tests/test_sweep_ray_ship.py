@@ -231,3 +231,18 @@ def test_tracker_logs_written_on_the_worker_come_back_to_the_results_folder(raw:
         assert store_returned(store, identity(raw), back, force=False).status == "done"
     events = list((tmp_path / "res" / "tensorboard").rglob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0
+
+
+def test_shared_inputs_resolve_from_the_drivers_folder_on_the_worker(raw: dict, tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    driver = tmp_path / "driver"
+    shutil.copytree(raw["model"]["name"], driver / "model")
+    shutil.copytree(raw["task"]["data"]["source"], driver / "data")
+    rel = {**raw, "model": {"name": "./model"}, "task": {**raw["task"], "data": {"source": "./data"}}}
+    monkeypatch.chdir(driver)
+    cfg = normalize(parse_config(rel))[0].model_dump(mode="json")  # the driver expands the sweep in its folder
+    monkeypatch.chdir(tmp_path)  # the worker starts elsewhere; with --shared-inputs nothing is shipped
+    assert remote.work(0, cfg, {}, "all", None, None).outcome.status == "failed", "relative paths need a folder"
+    back = remote.work(0, cfg, {}, "all", str(driver), None)
+    assert back.outcome.status == "done" and back.shipped.status == "done" and Path.cwd() == tmp_path
