@@ -246,3 +246,24 @@ def test_shared_inputs_resolve_from_the_drivers_folder_on_the_worker(raw: dict, 
     assert remote.work(0, cfg, {}, "all", None, None).outcome.status == "failed", "relative paths need a folder"
     back = remote.work(0, cfg, {}, "all", str(driver), None)
     assert back.outcome.status == "done" and back.shipped.status == "done" and Path.cwd() == tmp_path
+
+
+def test_pack_ships_what_links_point_to_and_unpack_stays_inside(tmp_path: Path) -> None:
+    from peftbench.store.shipped import pack, unpack
+
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "abc").write_text("weights")
+    snap = tmp_path / "snapshot"
+    snap.mkdir()
+    (snap / "model.safetensors").symlink_to(tmp_path / "blobs" / "abc")  # as a hub cache lays a model out
+    unpack(pack(snap), tmp_path / "copy")
+    copied = tmp_path / "copy" / "model.safetensors"
+    assert copied.read_text() == "weights" and not copied.is_symlink()
+    evil = BytesIO()
+    with tarfile.open(fileobj=evil, mode="w") as tar:
+        info = tarfile.TarInfo("../escaped")
+        info.size = 1
+        tar.addfile(info, BytesIO(b"x"))
+    with pytest.raises(tarfile.TarError):
+        unpack(evil.getvalue(), tmp_path / "dest")
+    assert not (tmp_path / "escaped").exists()

@@ -36,9 +36,10 @@ class Shipped:
 
 
 def pack(path: Path, skip: tuple[str, ...] = ()) -> bytes:
-    """A file or folder as tar bytes (names relative to it; top-level entries in `skip` left out)."""
+    """A file or folder as tar bytes (names relative to it; top-level entries in `skip` left out).
+    Links are stored as what they point to: a hub cache's snapshot folder links to blobs beside it."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
+    with tarfile.open(fileobj=buf, mode="w", dereference=True) as tar:
         if path.is_file():
             tar.add(path, arcname=path.name)
         else:

@@ -58,6 +58,9 @@ def store_returned(store: Any, identity: tuple[str, dict[str, Any]], back: Retur
     except UserError as e:  # e.g. another live process trains the same config: that one's result counts
         out.status, out.error = "failed", str(e)
         return out
+    except Exception as e:  # noqa: BLE001 - stored as failed (import_run); as a local run's, it stops only itself
+        out.status, out.error = "failed", " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        return out
     out.run_id = row.run_id
     if skipped:
         out.status = "skipped"
