@@ -267,3 +267,16 @@ def test_pack_ships_what_links_point_to_and_unpack_stays_inside(tmp_path: Path) 
     with pytest.raises(tarfile.TarError):
         unpack(evil.getvalue(), tmp_path / "dest")
     assert not (tmp_path / "escaped").exists()
+
+
+def test_a_run_that_cannot_be_stored_fails_that_config_only(tmp_path: Path) -> None:
+    from peftbench.store.shipped import Shipped
+
+    config = {"method": {"name": "lora"}, "model": {"name": "m"}, "task": {"kind": "classification"}}
+    back = remote.Returned(Outcome(0, "done", seconds=1.0), Shipped("done", b"not a tar"), versions())
+    with Store(tmp_path / "res") as store:
+        out = store_returned(store, ("h" * 16, config), back, force=False)
+        assert out.status == "failed" and "ReadError" in out.error
+        (row,) = store.list()
+        assert row.status == "failed" and row.error.startswith("the shipped run could not be stored")
+    assert not list((tmp_path / "res" / "runs").iterdir()), "its staging folder is gone"

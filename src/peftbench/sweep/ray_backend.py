@@ -31,6 +31,10 @@ def require_ray() -> Any:
     return ray
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+
+
 def merge_logs(data: bytes, results_dir: Path) -> None:
     """A task's tracker logs into the results folder, never replacing a file already there."""
     with tempfile.TemporaryDirectory(dir=results_dir) as tmp:
@@ -59,7 +63,7 @@ def store_returned(store: Any, identity: tuple[str, dict[str, Any]], back: Retur
         out.status, out.error = "failed", str(e)
         return out
     except Exception as e:  # noqa: BLE001 - stored as failed (import_run); as a local run's, it stops only itself
-        out.status, out.error = "failed", " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        out.status, out.error = "failed", _one_line(e)
         return out
     out.run_id = row.run_id
     if skipped:
@@ -107,7 +111,7 @@ def run_ray(jobs: list[tuple[int, dict[str, Any]]], results_dir: Path, force: bo
                 try:
                     back = ray.get(ready[0])
                 except Exception as e:  # noqa: BLE001 - its worker died twice (node lost, out of memory, killed)
-                    error = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+                    error = _one_line(e)
                     # a dead worker's run ends interrupted, as a local one killed mid-run; an error in the task, failed
                     status = "failed" if isinstance(e, ray.exceptions.RayTaskError) else "interrupted"
                     row, _ = store.import_run(*identities[index], Shipped(status, error=error), True)
