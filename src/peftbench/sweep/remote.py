@@ -59,12 +59,11 @@ class _KillOnce:
 
 def node_name() -> str:
     """The host, and Ray's node id where there is one (several nodes may share a host)."""
-    try:
-        import ray
+    import ray
 
-        return f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
-    except Exception:  # noqa: BLE001 - outside a Ray task
+    if not ray.is_initialized():  # called outside a Ray task (tests)
         return socket.gethostname()
+    return f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
 
 
 def _reap(base: Path) -> None:
