@@ -238,7 +238,8 @@ class Store:
             self.db.execute("ROLLBACK")
             raise
 
-    def import_run(self, config_hash: str, config: dict[str, Any], shipped: Any, force: bool = False) -> tuple[RunRow, bool]:
+    def import_run(self, config_hash: str, config: dict[str, Any], shipped: Any,
+                   force: bool = False) -> tuple[RunRow, bool]:
         """A run trained elsewhere (store/shipped.py): staged, then finished atomically; (row, skipped)."""
         from peftbench.store.shipped import import_run
 
