@@ -48,6 +48,9 @@ def rebuild(row: RunRow, full_precision: bool = False) -> tuple[Any, torch.nn.Mo
 
 def adapter_of(row: RunRow) -> Path:
     """The run's saved weights, refused in one line when their folder is gone."""
+    if not row.adapter.is_dir() and (row.result or {}).get("weights") == "dropped":
+        raise UserError(f"run {row.run_id} kept no weights (a cluster sweep with --keep-weights adapters); "
+                        "train it again with: peftbench run ... --force")
     if not row.adapter.is_dir():
         raise UserError(f"run {row.run_id}'s adapter folder {row.adapter} is missing (deleted or moved?); "
                         "train it again with: peftbench run ... --force")

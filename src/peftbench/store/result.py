@@ -189,6 +189,7 @@ class RunResult:
     precision: str | None = None  # train.precision and model.dtype as resolved; None in runs stored before them
     dtype: str | None = None
     threads: dict[str, Any] | None = None  # {count, wait_policy, why} (train/threads.py); None in older runs
+    weights: str | None = None  # "dropped": a cluster run's full weights were not kept (--keep-weights adapters)
 
     @property
     def scored_on_test(self) -> bool:
@@ -219,6 +220,7 @@ class RunResult:
             "task": self.task, "device": self.device, **numerics, "processes": self.processes, **machine,
             "versions": self.versions,
             "samples": [s.to_dict() for s in self.samples],
+            **({"weights": self.weights} if self.weights else {}),  # only where set: older results stay identical
         }
 
     @classmethod
@@ -233,7 +235,7 @@ class RunResult:
             device=d.get("device"), processes=d.get("processes"), versions=d.get("versions") or {},
             samples=[Sample(s.get("input", ""), s.get("target", ""), s.get("untuned", ""), s.get("tuned", ""))
                      for s in d.get("samples") or []],
-            precision=d.get("precision"), dtype=d.get("dtype"), threads=d.get("threads"),
+            precision=d.get("precision"), dtype=d.get("dtype"), threads=d.get("threads"), weights=d.get("weights"),
         )
 
 

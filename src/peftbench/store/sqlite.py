@@ -238,6 +238,13 @@ class Store:
             self.db.execute("ROLLBACK")
             raise
 
+    def import_run(self, config_hash: str, config: dict[str, Any], shipped: Any,
+                   force: bool = False) -> tuple[RunRow, bool]:
+        """A run trained elsewhere (store/shipped.py): staged, then finished atomically; (row, skipped)."""
+        from peftbench.store.shipped import import_run
+
+        return import_run(self, config_hash, config, shipped, force)
+
     def _insert_curve(self, run_id: str, curve: Curve) -> None:
         self.db.executemany(
             "INSERT INTO evals(run_id, step, tokens, train_flops, seconds, train_loss, metrics) VALUES (?,?,?,?,?,?,?)",

@@ -50,13 +50,15 @@ def _done_runs(sweep: Sweep, results_dir: Path) -> dict[int, str]:
     return {i: row.run_id for i, row in found.items() if row}
 
 
-def _line(o: Outcome) -> str:
+def _line(o: Outcome, seed: str = "") -> str:
     if o.status == "failed":
         return f"failed: {o.error}"
     if o.status == "skipped":
         return f"skipped (already done as {o.run_id})"
     metric = f" {o.metric[0]} {o.metric[1]:.4f}" if o.metric else ""
-    return f"done{metric} ({o.seconds:.1f} s, {o.run_id})"
+    flops = f", {o.flops:.3g} FLOPs" if o.flops else ""
+    node = f" on {o.node}" if o.node else ""
+    return f"done{seed}{metric}{flops}{node} ({o.seconds:.1f} s, {o.run_id})"
 
 
 def preflight(runs: list[Any], log: Callable[[str], None]) -> None:
@@ -85,7 +87,7 @@ def preflight(runs: list[Any], log: Callable[[str], None]) -> None:
 def run_sweep(
     path: Path, results_dir: Path, workers: int = 1, backend: str = "local", address: str | None = None,
     force: bool = False, log: Callable[[str], None] = print, report_to: list[str] | None = None,
-    trust_remote_code: bool = False,
+    trust_remote_code: bool = False, keep_weights: str = "all", shared_inputs: bool = False,
 ) -> SweepSummary:
     """Run every config of a sweep file not yet done; returns what became of each.
 
@@ -93,6 +95,8 @@ def run_sweep(
     a local Ray's CPUs (ray). `address` joins an existing Ray cluster. `force` re-runs done configs.
     `report_to` mirrors each run to trackers (tensorboard, mlflow, wandb), as `run --report-to` does.
     `trust_remote_code` (from the command line only) lets every run's model run its repository's code.
+    Ray only: `keep_weights` "adapters" leaves full fine-tuning's weights on the workers; `shared_inputs`
+    says the configs' local paths exist on every node (else they are shipped, sweep/ship.py).
     """
     from peftbench.track import check_trackers
 
@@ -102,6 +106,10 @@ def run_sweep(
         raise UserError(f"--workers must be at least 1 (got {workers})")
     if address and backend != "ray":
         raise UserError("--address is a Ray cluster address; use it with --backend ray")
+    if keep_weights not in ("all", "adapters"):
+        raise UserError(f"--keep-weights {keep_weights!r}: use all (full fine-tuning weights too) or adapters")
+    if backend != "ray" and (keep_weights != "all" or shared_inputs):
+        raise UserError("--keep-weights and --shared-inputs are for Ray workers; use them with --backend ray")
     check_trackers(report_to or [])
     if backend == "ray":
         from peftbench.sweep.ray_backend import require_ray
@@ -127,20 +135,31 @@ def run_sweep(
     jobs = [(i, r.config.model_dump(mode="json")) for i, r in enumerate(sweep.runs) if i not in done]
     preflight([sweep.runs[i] for i, _ in jobs], log)
     if jobs:
+        from peftbench.sweep.progress import SweepProgress  # imports torch: not at module level (local.py's workers)
+
+        progress = SweepProgress({i: sweep.runs[i].config for i, _ in jobs}, workers)
         if backend == "ray":
+            from peftbench.runner import stored_config
             from peftbench.sweep.ray_backend import run_ray
 
-            events = run_ray(jobs, results_dir, force, address, workers, cores(), report_to)
+            ids = {i: (sweep.runs[i].config_hash, stored_config(sweep.runs[i].config)) for i, _ in jobs}
+            events = run_ray(jobs, results_dir, force, address, workers, cores(), report_to, ids, keep_weights,
+                             shared_inputs)
         elif workers > 1:
             events = run_workers(jobs, results_dir, force, workers, _gpus(), report_to)
         else:
             events = run_inline(jobs, results_dir, force, report_to)
         for kind, payload in events:
-            if kind == "start":
+            if kind == "slots":  # the Ray cluster's: tasks it runs at once
+                progress.slots = payload
+            elif kind == "start":
                 log(f"{tag(payload)}: started")
             else:
                 summary.outcomes.append(payload)
-                log(f"{tag(payload.index)}: {_line(payload)}")
+                label = sweep.runs[payload.index].label
+                seed = "" if "seed=" in label else f" seed={sweep.runs[payload.index].config.train.seed}"
+                log(f"{tag(payload.index)}: {_line(payload, seed)}")
+                log(progress.finished(payload))
     summary.seconds = time.perf_counter() - t0
     failed = summary.failed
     log(f"sweep {sweep.name}: {summary.done + len(done)} of {total} done, {len(failed)} failed "

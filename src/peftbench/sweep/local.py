@@ -28,6 +28,9 @@ class Outcome:
     metric: tuple[str, float] | None = None  # the selection metric on test (validation when untested)
     seconds: float = 0.0
     error: str | None = None  # one line
+    flops: float | None = None  # training FLOPs of a finished run
+    train_seconds: float | None = None  # ... and its training time (progress: measured FLOP/s)
+    node: str | None = None  # where it ran (Ray backend)
 
 
 def cores() -> int:
@@ -46,23 +49,25 @@ def _headline(result: dict[str, Any] | None) -> tuple[str, float] | None:
 
 
 def execute(index: int, config: dict[str, Any], results_dir: str, force: bool,
-            report_to: list[str] | None = None) -> Outcome:
+            report_to: list[str] | None = None, reporter: Any = None) -> Outcome:
     """Run one config through the runner; every failure becomes an Outcome, never an exception
     (a failing run is already recorded as failed by the store; the sweep goes on)."""
     from peftbench.config import parse_config
     from peftbench.errors import UserError
     from peftbench.runner import excerpt, run
+    from peftbench.train.loop import Quiet
 
     t0 = time.perf_counter()
     try:
-        out = run(parse_config(config), results_dir, force=force, report_to=report_to)
+        out = run(parse_config(config), results_dir, force=force, report_to=report_to, reporter=reporter or Quiet())
     except UserError as e:
         return Outcome(index, "failed", error=str(e), seconds=time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 - any crash of one run must not stop the sweep
         return Outcome(index, "failed", error=excerpt(f"{type(e).__name__}: {e}"), seconds=time.perf_counter() - t0)
     row = out.row  # None only in a helper process of a multi-process (accelerate) run
+    costs = ((row and row.result or {}).get("costs") or {})
     return Outcome(index, "skipped" if out.skipped else "done", row and row.run_id, _headline(row and row.result),
-                   time.perf_counter() - t0)
+                   time.perf_counter() - t0, flops=costs.get("train_flops"), train_seconds=costs.get("train_seconds"))
 
 
 def run_inline(jobs: list[tuple[int, dict[str, Any]]], results_dir: Path, force: bool,

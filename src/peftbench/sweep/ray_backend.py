@@ -1,33 +1,27 @@
-"""Running a sweep's configs as Ray tasks: one task per config, one GPU each where GPUs exist.
+"""Running a sweep's configs as Ray tasks, on one machine or a cluster without a shared filesystem.
 
-Every task writes to the same results folder, so on a cluster of several machines that
-folder must be on a filesystem they all share (and that supports SQLite's locking); paths in
-the configs (models, data) must resolve on every node. Tasks run in the driver's working
-directory when it exists there, so relative paths behave as they do locally.
+Workers never touch the results folder: each task trains in a node-local folder and returns its
+finished run as bytes through Ray's object store (sweep/remote.py); only this process, the driver,
+stores runs, atomically, as a local run does (Store.import_run). A driver killed mid-sweep loses
+only the runs in flight; the same command resumes by config hash. Local data files and model
+folders named in the configs are shipped to the workers (sweep/ship.py) unless `shared_inputs`
+says they exist at the same path on every node. A worker that dies mid-run is retried once.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterator
 
 from peftbench.errors import UserError
-from peftbench.sweep.local import Outcome, execute
-
-
-def _task(index: int, config: dict[str, Any], results_dir: str, force: bool, cwd: str, threads: int,
-          report_to: list[str] | None) -> Outcome:
-    import torch
-
-    from peftbench.train.threads import fix
-
-    if os.path.isdir(cwd):
-        os.chdir(cwd)
-    torch.set_num_threads(threads)
-    fix(threads, f"ray task: {threads} CPU")  # each run sets and records it (runner)
-    return execute(index, config, results_dir, force, report_to)
-
+from peftbench.store.shipped import Shipped, unpack
+from peftbench.sweep.local import Outcome
+from peftbench.sweep.remote import Returned, work
+from peftbench.sweep.ship import check_size, local_paths, ship, version_mismatch
 
 def require_ray() -> Any:
     try:
@@ -37,10 +31,64 @@ def require_ray() -> Any:
     return ray
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+
+
+def merge_logs(data: bytes, results_dir: Path) -> None:
+    """A task's tracker logs into the results folder, never replacing a file already there."""
+    with tempfile.TemporaryDirectory(dir=results_dir) as tmp:
+        unpack(data, Path(tmp))
+        for src in Path(tmp).rglob("*"):
+            dest = results_dir / src.relative_to(tmp)
+            if src.is_file() and not dest.exists():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(src, dest)
+
+
+def store_returned(store: Any, identity: tuple[str, dict[str, Any]], back: Returned, force: bool) -> Outcome:
+    """The driver's half of one task: the worker's run imported under the driver's config and hash."""
+    out, shipped = back.outcome, back.shipped
+    why = version_mismatch(out.node or "?", back.versions) if shipped and shipped.status == "done" else None
+    if why:
+        shipped = Shipped("failed", error=why)
+        out.status, out.error = "failed", why
+    if back.trackers:
+        merge_logs(back.trackers, store.root)
+    if shipped is None:  # refused before its store was touched: a local run stores nothing either
+        return out
+    try:
+        row, skipped = store.import_run(*identity, shipped, force)
+    except UserError as e:  # e.g. another live process trains the same config: that one's result counts
+        out.status, out.error = "failed", str(e)
+        return out
+    except Exception as e:  # noqa: BLE001 - stored as failed (import_run); as a local run's, it stops only itself
+        out.status, out.error = "failed", _one_line(e)
+        return out
+    out.run_id = row.run_id
+    if skipped:
+        out.status = "skipped"
+    return out
+
+
 def run_ray(jobs: list[tuple[int, dict[str, Any]]], results_dir: Path, force: bool, address: str | None,
-            workers: int, cores: int, report_to: list[str] | None = None) -> Iterator[tuple[str, Any]]:
-    """Yields ("end", Outcome) as tasks finish, in the order they finish (ray.wait)."""
+            workers: int, cores: int, report_to: list[str] | None = None,
+            identities: dict[int, tuple[str, dict[str, Any]]] | None = None, keep_weights: str = "all",
+            shared_inputs: bool = False) -> Iterator[tuple[str, Any]]:
+    """Yields ("slots", runs at once), then ("end", Outcome) as tasks finish, in the order they finish.
+
+    identities: index -> (config hash, stored config) under which the driver stores each run."""
+    from peftbench.runner import stored_config
+    from peftbench.config import parse_config
+    from peftbench.store import Store
+
     ray = require_ray()
+    paths = [] if shared_inputs else local_paths([c for _, c in jobs])
+    check_size(paths)  # before Ray starts: too large is refused in one line
+    if identities is None:
+        from peftbench.runner import config_hash
+
+        identities = {i: (config_hash(parse_config(c)), stored_config(parse_config(c))) for i, c in jobs}
     started = not ray.is_initialized()  # a caller's own Ray session is left running
     if started:
         if address:
@@ -48,20 +96,28 @@ def run_ray(jobs: list[tuple[int, dict[str, Any]]], results_dir: Path, force: bo
         else:
             ray.init(num_cpus=workers if workers > 1 else cores, include_dashboard=False, log_to_driver=False)
     try:
-        gpu = ray.cluster_resources().get("GPU", 0) > 0
+        resources = ray.cluster_resources()
+        gpu = resources.get("GPU", 0) > 0
+        yield "slots", max(1, int(resources.get("GPU" if gpu else "CPU", 1)))
         # A task holds one GPU where there are GPUs, else one CPU (torch then uses one thread).
-        remote = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=1)(_task)
-        cwd = os.getcwd()
-        waiting: dict[Any, int] = {}
-        for index, config in jobs:
-            waiting[remote.remote(index, config, str(results_dir.resolve()), force, cwd, 1, report_to)] = index
-        while waiting:
-            ready, _ = ray.wait(list(waiting), num_returns=1)
-            index = waiting.pop(ready[0])
-            try:
-                yield "end", ray.get(ready[0])
-            except Exception as e:  # noqa: BLE001 - the task's worker died (node lost, out of memory)
-                yield "end", Outcome(index, "failed", error=" ".join(f"{type(e).__name__}: {e}".split())[:300])
+        remote = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=1)(work)
+        inputs = ship(paths, ray.put)
+        cwd = os.getcwd() if shared_inputs else None
+        with closing(Store(results_dir)) as store:
+            waiting = {remote.remote(i, c, inputs, keep_weights, cwd, report_to): i for i, c in jobs}
+            while waiting:
+                ready, _ = ray.wait(list(waiting), num_returns=1)
+                index = waiting.pop(ready[0])
+                try:
+                    back = ray.get(ready[0])
+                except Exception as e:  # noqa: BLE001 - its worker died twice (node lost, out of memory, killed)
+                    error = _one_line(e)
+                    # a dead worker's run ends interrupted, as a local one killed mid-run; an error in the task, failed
+                    status = "failed" if isinstance(e, ray.exceptions.RayTaskError) else "interrupted"
+                    row, _ = store.import_run(*identities[index], Shipped(status, error=error), True)
+                    yield "end", Outcome(index, "failed", row.run_id, error=error)
+                    continue
+                yield "end", store_returned(store, identities[index], back, force)
     finally:
         if started:
             ray.shutdown()
