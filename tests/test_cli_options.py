@@ -74,6 +74,7 @@ SCALARS: dict[str, st.SearchStrategy] = {
     "dtype": st.sampled_from(["auto", "float32", "bfloat16", "float16"]),
     "packing": st.booleans(),
     "head_lr": POSITIVE, "pooling": st.sampled_from(["auto", "model", "cls", "mean", "last"]),  # issue 16 items 3, 4
+    "forgetting": st.booleans(),  # issue 17 item 5
 }
 GENERATION = {
     "max_new_tokens": st.integers(1, 4096), "num_beams": st.integers(1, 32), "do_sample": st.booleans(),

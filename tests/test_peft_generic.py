@@ -58,8 +58,9 @@ def test_params_defaults_and_help_come_from_the_peft_dataclass() -> None:
     assert params["oft_block_size"].default == fields["oft_block_size"].default
     assert params["oft_block_size"].description == " ".join(fields["oft_block_size"].metadata["help"].split())
     listed = methods_json()["oft"]
-    assert listed["params"]["oft_block_size"]["help"] and listed["lr_tuned"] is False
-    assert listed["default_lr"] == REGISTRY["lora"].default_lr
+    assert listed["params"]["oft_block_size"]["help"] and listed["lr_tuned"] is True  # chosen on validation (tuned_lrs)
+    assert methods_json()["hra"]["lr_tuned"] is False
+    assert listed["default_lr"] == 6e-3 and methods_json()["hra"]["default_lr"] == REGISTRY["lora"].default_lr
 
 
 def test_stored_params_rebuild_the_same_peft_config() -> None:
@@ -82,7 +83,9 @@ def test_methods_lists_unsuited_tuners_with_the_reason(monkeypatch) -> None:
     monkeypatch.setattr(common.out, "width", 2000)  # one table row per line
     rows = CliRunner().invoke(app, ["methods"]).output.splitlines()
     oft = next(r for r in rows if r.startswith("│ oft "))
-    assert "(LoRA's; not tuned)" in oft and "r=0 >=0" in oft  # peft's r=0: blocks sized by oft_block_size
+    assert "│ 0.006 " in oft and "r=0 >=0" in oft  # peft's r=0: blocks sized by oft_block_size; its tuned rate
+    hra = next(r for r in rows if r.startswith("│ hra "))
+    assert "(LoRA's; not tuned)" in hra
     poly = next(r for r in rows if r.startswith("│ poly "))
     assert "not offered" in poly and UNSUITED["poly"] in poly
 
