@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from peftbench.cli import app
@@ -141,6 +142,32 @@ def test_halving_search_runs_every_rate_at_a_quarter_and_the_best_third_at_full(
     assert "go on to the full budget" in got["stderr"]
     res = CliRunner().invoke(app, ["report", "--results-dir", str(tmp_path)])
     assert res.exit_code == 0 and "lora (flops=" in res.output, res.output  # the quarter-budget search, apart
+
+
+def test_worker_processes_run_each_phase_together_with_the_same_results(tiny_model, tiny_data, tmp_path):
+    """Issue 18 item 4 with local workers: --workers 2 sends every method's search runs (a halving rung),
+    then every seed, out together; each run is stored once, and the chosen rates and test scores are the
+    ones the same study gives in this process."""
+    args = ["--methods", "lora,ia3", "--steps", "8", "--seeds", "2", "--lr-grid", "1e-3,1e-2,3e-2", "--lr-search", "halving"]
+    inline = compare(*base_args(tiny_model, tiny_data, tmp_path / "inline"), *args)["doc"]
+    got = compare(*base_args(tiny_model, tiny_data, tmp_path / "workers"), *args, "--workers", "2")
+    doc = got["doc"]
+    assert doc["chosen_lr"] == inline["chosen_lr"] and doc["budget"] == inline["budget"]
+    ours, theirs = (sorted((r["method"], r["lr"], r["test_macro_f1"]) for r in d["runs"]) for d in (doc, inline))
+    assert [r[:2] for r in ours] == [r[:2] for r in theirs] and len(ours) == 4
+    assert [r[2] for r in ours] == pytest.approx([r[2] for r in theirs])
+    rows = Store(tmp_path / "workers").list()
+    assert len(rows) == 2 * (3 + 1) + 2 * 2 and all(r.done for r in rows)  # 3 at 1/4 and 1 at full each, 2 seeds each
+    assert len({r.config_hash for r in rows}) == len(rows)
+    assert got["stderr"].count("go on to the full budget") == 2
+
+
+def test_a_bad_backend_or_worker_count_is_one_line(tiny_model, tiny_data, tmp_path):
+    for flags, words in [(["--backend", "slurm"], "unknown backend 'slurm'"), (["--workers", "0"], "at least 1"),
+                         (["--address", "auto"], "use it with --backend ray")]:
+        res = CliRunner().invoke(app, ["compare", *base_args(tiny_model, tiny_data, tmp_path), "--methods", "lora", *flags])
+        assert res.exit_code == 2 and words in res.stderr and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "results.sqlite").exists() or not Store(tmp_path).list()
 
 
 def test_an_unknown_lr_search_is_one_line(tiny_model, tiny_data, tmp_path):

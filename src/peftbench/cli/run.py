@@ -110,6 +110,9 @@ def compare_cmd(
     lr_grid: Optional[str] = Opt(None, "--lr-grid", help="Search each method's learning rate on validation first: 'auto' (its default x 1/3, 1, 3) or rates like 1e-4,1e-3."),
     lr_search: str = Opt("grid", "--lr-search", help="How --lr-grid is searched: grid (every rate at the full budget) or halving "
                          "(every rate at 1/4 of the budget, the best third of them on to the full budget; judged on validation)."),
+    workers: int = Opt(1, "--workers", "-w", help="Runs at once on this machine: each phase's runs (every method's search, then every seed) go out together."),
+    backend: str = Opt("local", "--backend", help="local (worker processes) or ray (one task per run; a local Ray unless --address)."),
+    address: Optional[str] = Opt(None, "--address", help="Ray cluster address (with --backend ray)."),
     json_out: bool = Opt(False, "--json", help="Print the comparison as JSON."),
     dry_run: bool = Opt(False, "--dry-run", help="Check every method, measure the budget, print the plan with its estimated time, and stop (nothing is stored)."),
     detach: bool = Opt(False, "--detach", help="Run in the background, on after the terminal closes; output goes to a log in the results folder (its path is printed). The same command resumes a stopped study."),
@@ -136,12 +139,20 @@ def compare_cmd(
                      dry_run=dry_run)
     say = lambda line: err.print(line, highlight=False)  # noqa: E731
     _check_report_to(opts["report_to"])
+    from peftbench.sweep.command import check_backend
+
+    check_backend(backend, workers, address)
     if detach:  # the flags were read above: a bad one is refused here, not in the log
         from peftbench.cli.background import detach as start
 
         start(opts["results_dir"], out)
         return
-    study = run_study(plan, lambda r: _execute(r, opts["results_dir"], opts["force"], opts["report_to"]).row, say)
+    from peftbench.compare.backends import runner
+    from peftbench.track import parse_kinds
+
+    execute = lambda r: _execute(r, opts["results_dir"], opts["force"], opts["report_to"]).row  # noqa: E731
+    batch = runner(execute, opts["results_dir"], opts["force"], workers, backend, address, parse_kinds(opts["report_to"]), say)
+    study = run_study(plan, execute, say, batch)
     if dry_run:
         return
     from peftbench.report.aggregate import aggregate

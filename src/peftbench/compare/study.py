@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,8 @@ SEARCHES = ("grid", "halving")
 RUNG = 0.25  # halving: the share of the budget every candidate gets before the best third go on
 KEEP = 1 / 3  # ... and the share of candidates (rounded up) that go on to the full budget
 Execute = Callable[[dict[str, Any]], RunRow]  # runs (or finds) one raw config, returns its stored row
+# runs (or finds) raw configs, yielding (position, its stored row or the error it failed with) as each ends
+Batch = Callable[[list[dict[str, Any]]], Iterator[tuple[int, RunRow | BaseException]]]
 
 
 @dataclass
@@ -261,17 +263,34 @@ def show_plan(plan: StudyPlan, budget: dict[str, Any], base: dict[str, Any], log
     return ests
 
 
-def _attempt(execute: Execute, raw: dict[str, Any], label: str, failures: list[Failure],
-             log: Callable[[str], None]) -> RunRow | None:
-    """One run; a failure is recorded and the study goes on (an interrupt stops it)."""
-    try:
-        return execute(raw)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as err:  # noqa: BLE001  (reported under the table; a bug is raised again at the end)
-        failures.append(Failure(label, err))
-        log(f"{label} failed: {Failure(label, err).line.split(': ', 1)[1]}; the study goes on")
-        return None
+def _batch(runner: Batch, items: list[tuple[str, str, dict[str, Any]]], track: Any,
+           failures: list[Failure], log: Callable[[str], None]) -> list[RunRow | None]:
+    """Run (method label, which run, raw config) items, at once where the runner can; a failure is recorded
+    and the study goes on (an interrupt stops it). Returns each item's row, None where it failed."""
+    rows: list[RunRow | None] = [None] * len(items)
+    for k, got in runner([raw for _, _, raw in items]):
+        method, what, _ = items[k]
+        label = f"{method} ({what})"
+        if isinstance(got, BaseException):
+            failures.append(Failure(label, got))
+            log(f"{label} failed: {Failure(label, got).line.split(': ', 1)[1]}; the study goes on")
+        else:
+            rows[k] = got
+        log(track.run_finished(method, what, rows[k]))
+    return rows
+
+
+def sequential(execute: Execute) -> Batch:
+    """A runner that executes one config after another in this process."""
+    def runner(raws: list[dict[str, Any]]) -> Iterator[tuple[int, RunRow | BaseException]]:
+        for k, raw in enumerate(raws):
+            try:
+                yield k, execute(raw)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as err:  # noqa: BLE001  (reported under the table; a bug is raised again at the end)
+                yield k, err
+    return runner
 
 
 Scored = list[tuple[dict[str, float], float, str]]  # (train settings, validation score, metric)
@@ -293,38 +312,48 @@ def _share(raw: dict[str, Any], share: float) -> dict[str, Any]:
     return raw
 
 
-def _search(plan: StudyPlan, e: Entry, tries: list[dict[str, float]], base: dict[str, Any], execute: Execute,
-            track: Any, failures: list[Failure], spent: list[RunRow], log: Callable[[str], None]) -> Scored:
-    """Each candidate's validation score at the full budget: all of them (grid), or, under halving, those
-    that led at RUNG of the budget (the best KEEP of them, at least one). Never scores test."""
-    def rung(picks: list[dict[str, float]], raw: dict[str, Any], what: str) -> Scored:
-        scored: Scored = []
-        for pick in picks:
-            run = deep_merge(raw, {"method": e.spec, "train": {**_fixed(e), **pick, "seed": plan.seeds[0], "test": False}})
-            row = _attempt(execute, run, f"{e.label} ({_shown(pick)}, {what})", failures, log)
-            log(track.run_finished(e.label, f"{_shown(pick)} {what}", row))
-            if row is None:
-                continue
-            spent.append(row)
-            r = row.result or {}
-            select = r.get("select_metric")
-            if row.done and select in (r.get("validation") or {}):
-                scored.append((pick, r["validation"][select], select))
-        return scored
-
-    if plan.lr_search != "halving" or len(tries) < 2:
-        return rung(tries, base, "search")
-    first = rung(tries, _share(base, RUNG), f"search at {RUNG:g} of the budget")
-    if not first:
-        return []
-    keep = max(1, math.ceil(len(first) * KEEP))
-    ordered = sorted(first, key=lambda t: t[1], reverse=not lower_is_better(first[0][2]))
-    log(f"{e.label}: at {RUNG:g} of the budget {', '.join(f'{_shown(p)}: {v:.4f}' for p, v, _ in ordered)}; "
-        f"{', '.join(_shown(p) for p, _, _ in ordered[:keep])} go on to the full budget")
-    return rung([p for p, _, _ in ordered[:keep]], base, "search")
+def _rung(plan: StudyPlan, picks: list[tuple[int, dict[str, float]]], raw: dict[str, Any], what: str, runner: Batch,
+          track: Any, failures: list[Failure], spent: list[RunRow], log: Callable[[str], None]) -> dict[int, Scored]:
+    """Search runs, (entry index, train settings) each, all at once: each entry's validation scores."""
+    items = [(plan.entries[i].label, f"{_shown(pick)}, {what}", deep_merge(raw, {"method": plan.entries[i].spec, "train": {
+        **_fixed(plan.entries[i]), **pick, "seed": plan.seeds[0], "test": False}})) for i, pick in picks]
+    scored: dict[int, Scored] = {i: [] for i, _ in picks}
+    for (i, pick), row in zip(picks, _batch(runner, items, track, failures, log)):
+        if row is None:
+            continue
+        spent.append(row)
+        r = row.result or {}
+        select = r.get("select_metric")
+        if row.done and select in (r.get("validation") or {}):
+            scored[i].append((pick, r["validation"][select], select))
+    return scored
 
 
-def run_study(plan: StudyPlan, execute: Execute, log: Callable[[str], None]) -> StudyResult:
+def _search(plan: StudyPlan, tries: dict[int, list[dict[str, float]]], base: dict[str, Any], runner: Batch,
+            track: Any, failures: list[Failure], spent: list[RunRow], log: Callable[[str], None]) -> dict[int, Scored]:
+    """Each searched entry's candidates scored on validation at the full budget: all of them (grid), or,
+    under halving, those that led at RUNG of the budget (the best KEEP of them, at least one). The runs of
+    every method go out together, so parallel workers stay busy. Never scores test."""
+    halve = {i for i, t in tries.items() if plan.lr_search == "halving" and len(t) > 1}
+    full = [(i, p) for i, t in tries.items() if i not in halve for p in t]
+    first = _rung(plan, [(i, p) for i in halve for p in tries[i]], _share(base, RUNG),
+                  f"search at {RUNG:g} of the budget", runner, track, failures, spent, log) if halve else {}
+    for i, scored in first.items():
+        if not scored:
+            continue
+        e = plan.entries[i]
+        keep = max(1, math.ceil(len(scored) * KEEP))
+        ordered = sorted(scored, key=lambda t: t[1], reverse=not lower_is_better(scored[0][2]))
+        log(f"{e.label}: at {RUNG:g} of the budget {', '.join(f'{_shown(p)}: {v:.4f}' for p, v, _ in ordered)}; "
+            f"{', '.join(_shown(p) for p, _, _ in ordered[:keep])} go on to the full budget")
+        full += [(i, p) for p, _, _ in ordered[:keep]]
+    out = _rung(plan, full, base, "search", runner, track, failures, spent, log)
+    return {i: out.get(i, []) for i in tries}
+
+
+def run_study(plan: StudyPlan, execute: Execute, log: Callable[[str], None], batch: Batch | None = None) -> StudyResult:
+    """The study; `batch` runs a phase's configs together (worker processes, Ray: compare/backends.py),
+    else `execute` runs them one by one in this process."""
     check(plan)
     preflight(plan, log)
     budget = equal_flops(plan, log) if plan.budget == "flops" else {"kind": "as configured", "value": None}
@@ -337,17 +366,15 @@ def run_study(plan: StudyPlan, execute: Execute, log: Callable[[str], None]) -> 
 
     track = Tracker.from_plan(ests, plan.probes)  # a progress line with an ETA after every run
 
+    runner = batch or sequential(execute)
     chosen: dict[int, dict[str, float]] = {}  # entry index -> the train settings chosen (lr, head_lr)
     search: list[RunRow] = []
     failures: list[Failure] = []
     skip: set[int] = set()  # methods whose every search run failed
-    for i, e in enumerate(plan.entries):
-        tries = candidates(e, plan)
-        if not tries:
-            continue
-        spent: list[RunRow] = []
-        scored = _search(plan, e, tries, base, execute, track, failures, spent, log)
-        search += spent
+    tries = {i: t for i, e in enumerate(plan.entries) if (t := candidates(e, plan))}
+    found = _search(plan, tries, base, runner, track, failures, search, log) if tries else {}
+    for i, scored in found.items():
+        e = plan.entries[i]
         if not scored:
             skip.add(i)
             track.drop(e.label, len(plan.seeds))
@@ -356,17 +383,14 @@ def run_study(plan: StudyPlan, execute: Execute, log: Callable[[str], None]) -> 
         best = _best(scored)
         chosen[i] = best[0]
         shown = ", ".join(f"{_shown(pick)}: {v:.4f}" for pick, v, _ in scored)
-        edges = [k for k in best[0] if len({t[k] for t in tries}) > 1 and best[0][k] in (min(t[k] for t in tries), max(t[k] for t in tries))]
+        edges = [k for k in best[0] if len({t[k] for t in tries[i]}) > 1 and best[0][k] in (min(t[k] for t in tries[i]), max(t[k] for t in tries[i]))]
         log(f"{e.label}: {_shown(best[0])} chosen on validation {best[2]} ({shown})"
             + (f"; {' and '.join('lr' if k == 'lr' else 'head lr' for k in edges)} at the edge of the grid, so a wider grid may do better" if edges else ""))
 
-    rows = []
-    for i, e in enumerate(plan.entries):
-        for seed in [] if i in skip else plan.seeds:
-            train: dict[str, Any] = {**_fixed(e), **chosen.get(i, {}), "seed": seed}
-            row = _attempt(execute, deep_merge(base, {"method": e.spec, "train": train}), f"{e.label} (seed {seed})", failures, log)
-            log(track.run_finished(e.label, f"seed {seed}", row))
-            if row is not None:
-                rows.append(row)
+    finals = [(i, seed) for i in range(len(plan.entries)) if i not in skip for seed in plan.seeds]
+    items = [(plan.entries[i].label, f"seed {seed}", deep_merge(base, {"method": plan.entries[i].spec, "train": {**_fixed(plan.entries[i]), **chosen.get(i, {}), "seed": seed}}))
+             for i, seed in finals]
+    got = _batch(runner, items, track, failures, log)
+    rows = [r for r in got if r is not None]
     return StudyResult(rows, search, {plan.entries[i].label: c["lr"] for i, c in chosen.items() if "lr" in c}, budget, failures,
                        {plan.entries[i].label: c["head_lr"] for i, c in chosen.items() if "head_lr" in c})

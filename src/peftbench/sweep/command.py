@@ -50,6 +50,20 @@ def _done_runs(sweep: Sweep, results_dir: Path) -> dict[int, str]:
     return {i: row.run_id for i, row in found.items() if row}
 
 
+def check_backend(backend: str, workers: int, address: str | None) -> None:
+    """Refuse a bad backend, worker count or address (and a missing Ray) before anything runs."""
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend '{backend}'; use one of: {', '.join(BACKENDS)}")
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1 (got {workers})")
+    if address and backend != "ray":
+        raise UserError("--address is a Ray cluster address; use it with --backend ray")
+    if backend == "ray":
+        from peftbench.sweep.ray_backend import require_ray
+
+        require_ray()
+
+
 def _line(o: Outcome, seed: str = "") -> str:
     if o.status == "failed":
         return f"failed: {o.error}"
@@ -100,21 +114,12 @@ def run_sweep(
     """
     from peftbench.track import check_trackers
 
-    if backend not in BACKENDS:
-        raise UserError(f"unknown backend '{backend}'; use one of: {', '.join(BACKENDS)}")
-    if workers < 1:
-        raise UserError(f"--workers must be at least 1 (got {workers})")
-    if address and backend != "ray":
-        raise UserError("--address is a Ray cluster address; use it with --backend ray")
+    check_backend(backend, workers, address)
     if keep_weights not in ("all", "adapters"):
         raise UserError(f"--keep-weights {keep_weights!r}: use all (full fine-tuning weights too) or adapters")
     if backend != "ray" and (keep_weights != "all" or shared_inputs):
         raise UserError("--keep-weights and --shared-inputs are for Ray workers; use them with --backend ray")
     check_trackers(report_to or [])
-    if backend == "ray":
-        from peftbench.sweep.ray_backend import require_ray
-
-        require_ray()  # before anything runs
     t0 = time.perf_counter()
     sweep = expand(path, trust_remote_code)
     results_dir = Path(results_dir)
@@ -146,7 +151,7 @@ def run_sweep(
             events = run_ray(jobs, results_dir, force, address, workers, cores(), report_to, ids, keep_weights,
                              shared_inputs)
         elif workers > 1:
-            events = run_workers(jobs, results_dir, force, workers, _gpus(), report_to)
+            events = run_workers(jobs, results_dir, force, workers, gpus(), report_to)
         else:
             events = run_inline(jobs, results_dir, force, report_to)
         for kind, payload in events:
@@ -169,7 +174,7 @@ def run_sweep(
     return summary
 
 
-def _gpus() -> int:
+def gpus() -> int:
     """GPUs to spread local workers over (0: none, or torch without CUDA)."""
     try:
         import torch

@@ -1,0 +1,53 @@
+"""Where a comparison's runs execute: this process (one by one), N local worker processes, or Ray.
+
+The study hands over each phase's configs at once (every method's search runs at a rung, then every
+method's seeds), so parallel workers stay busy; the sweep's backends run them (sweep/local.py,
+sweep/ray_backend.py: Ray workers never touch the results store, the driver stores what they return),
+and the study reads each finished run back from the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from peftbench.compare.study import Batch, Execute, sequential
+from peftbench.errors import UserError
+from peftbench.store import RunRow
+
+def runner(execute: Execute, results_dir: Path, force: bool, workers: int = 1, backend: str = "local",
+           address: str | None = None, report_to: list[str] | None = None,
+           log: Callable[[str], None] = print) -> Batch:
+    """A Batch for the study: `execute` in this process when one local worker, else the sweep's backends."""
+    if backend == "local" and workers == 1:
+        return sequential(execute)
+
+    def batch(raws: list[dict[str, Any]]) -> Iterator[tuple[int, RunRow | BaseException]]:
+        from peftbench.config import parse_config
+        from peftbench.store import Store
+        from peftbench.sweep.local import cores, run_workers
+
+        jobs = [(k, parse_config(raw).model_dump(mode="json")) for k, raw in enumerate(raws)]
+        if backend == "ray":
+            from peftbench.sweep.ray_backend import run_ray
+
+            events = run_ray(jobs, results_dir, force, address, workers, cores(), report_to)
+        else:
+            from peftbench.sweep.command import gpus
+
+            events = run_workers(jobs, results_dir, force, workers, gpus(), report_to)
+        for kind, out in events:
+            if kind != "end":
+                continue
+            if out.status == "failed" or not out.run_id:
+                yield out.index, UserError(out.error or "the run failed")
+                continue
+            with closing(Store(results_dir)) as store:
+                row = store.get(out.run_id)
+            if out.node:
+                log(f"  {row.method} run {row.run_id} ran on {out.node}")
+            yield out.index, row
+
+    return batch
