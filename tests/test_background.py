@@ -54,6 +54,24 @@ def test_eta_divides_the_flops_left_by_the_measured_flops_per_second_plus_each_r
     assert t.run_finished("lora", "seed 1", row(time.time(), 1e12, 10.0)).endswith("4/4 runs (lora seed 1: 0 s); all done")
 
 
+def test_halving_rung_runs_count_their_share_of_the_budget_in_the_eta() -> None:
+    """Three rates at 1/4 of the budget, one on to the full budget, two seeds: 4.75 runs' worth of training
+    in 6 runs; each quarter run takes a quarter run's FLOPs off what is left."""
+    from peftbench.compare.plan import Estimate, Probe, estimate
+
+    from peftbench.config import parse_config
+
+    probe = Probe("lora", True, int(1e10), 0.1, 0.01, {"train": 100, "validation": 10, "test": 10}, 8, 8)
+    cfg = parse_config({"train": {"steps": 8}})
+    est = estimate(probe, {"kind": "flops", "value": 8e10}, cfg, 2, 4, 0.75 + 1)
+    assert (est.runs, est.full_runs) == (6, 3.75) and Estimate("x", 1, 1.0, 1.0, 3).full_runs == 3
+    t = Tracker.from_plan([est], {"lora": probe})
+    assert t.total == 6 and t.eta()[1] == pytest.approx(3.75 * 8e10)
+    for _ in range(3):
+        t.run_finished("lora", "search at 0.25 of the budget", None, 0.25)
+    assert t.eta()[1] == pytest.approx(3 * 8e10) and t.finished == 3
+
+
 # -- results --watch -----------------------------------------------------------------------------
 def running_store(root: Path) -> tuple[Store, str]:
     store = Store(root)

@@ -109,10 +109,10 @@ def test_estimates_follow_the_budget():
     full = Probe("full", True, 2000, 1.0, 0.01, sizes, 8, 10)
     cfg = parse_config({"train": {"steps": 8}})
     budget = {"kind": "flops", "value": 8000.0, "method": "lora"}
-    est = {p.label: estimate(p, budget, cfg, 1, 0, {"lora": lora, "full": full}) for p in (lora, full)}
+    est = {p.label: estimate(p, budget, cfg, 1, 0, refs={"lora": lora, "full": full}) for p in (lora, full)}
     assert (est["lora"].steps, est["full"].steps) == (8, 4) and est["full"].epochs == 0.4
     assert est["full"].seconds == 4 * 1.0 + 0.01 * (4 * 10 + 20)
-    secs = estimate(lora, {"kind": "seconds", "value": 100.0}, cfg, 3, 2, {})
+    secs = estimate(lora, {"kind": "seconds", "value": 100.0}, cfg, 3, 2)
     assert secs.steps == 200 and secs.runs == 5
     text = lines([secs], "100 training seconds each")
     assert text[1].split() == ["lora", "~200", "steps", "(20", "epochs)", "5", "runs", "x", "~1.7", "min"]

@@ -81,12 +81,17 @@ class Estimate:
     epochs: float
     seconds: float  # one run: training, validations and test
     runs: int  # how many runs of it the study makes (seeds, plus learning-rate search runs)
+    work: float = 0.0  # ... in full-budget runs (a halving rung's run counts its share); 0: as many as runs
+
+    @property
+    def full_runs(self) -> float:
+        return self.work or float(self.runs)
 
 
 def estimate(p: Probe, budget: dict[str, Any], cfg: RunConfig, seeds: int, search_runs: int,
-             refs: dict[str, Probe]) -> Estimate:
+             search_work: float | None = None, refs: dict[str, Probe] | None = None) -> Estimate:
     """Steps under the study's budget, and one run's seconds: steps, validations, test (rough)."""
-    ref = refs.get(budget.get("method", ""))
+    ref = (refs or {}).get(budget.get("method", ""))
     if not p.trains:
         steps = 0
     elif budget.get("kind") == "flops" and ref and ref.steps and ref.step_flops and p.step_flops:
@@ -100,7 +105,8 @@ def estimate(p: Probe, budget: dict[str, Any], cfg: RunConfig, seeds: int, searc
     points = 1 if not steps else (steps // cfg.train.eval_every if cfg.train.eval_every else 4) or 1
     seconds = steps * p.step_seconds + p.eval_seconds * (points * p.sizes["validation"] + p.sizes["test"])
     epochs = steps * p.batch_examples / max(p.sizes["train"], 1)
-    return Estimate(p.label, steps, epochs, seconds, seeds + search_runs)
+    work = seeds + (search_runs if search_work is None else search_work)
+    return Estimate(p.label, steps, epochs, seconds, seeds + search_runs, work)
 
 
 def lines(estimates: list[Estimate], budget_text: str) -> list[str]:
@@ -111,7 +117,7 @@ def lines(estimates: list[Estimate], budget_text: str) -> list[str]:
         what = "nothing trains" if not e.steps else f"~{e.steps:,} steps ({e.epochs:.2g} epochs)"
         runs = f"{e.runs} runs x " if e.runs > 1 else ""
         out.append(f"  {e.label:<{width}}  {what:<28} {runs}~{duration(e.seconds)}")
-    total = sum(e.seconds * e.runs for e in estimates)
+    total = sum(e.seconds * e.full_runs for e in estimates)
     out.append(f"  estimated wall time ~{duration(total)} (from one measured step and a few validation examples "
                "per method on this machine; rough)")
     return out

@@ -9,6 +9,7 @@ measure nothing.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,8 +27,8 @@ class Done:
 @dataclass
 class Tracker:
     flops: dict[str, float]  # method label -> training FLOPs of one of its runs (planned)
-    left: dict[str, int]  # method label -> runs not yet finished
-    total: int
+    left: dict[str, float]  # method label -> full-budget runs' worth of training not yet done
+    total: int  # runs
     finished: int = 0
     measured: list[Done] = field(default_factory=list)
     since: float = field(default_factory=time.time)  # when the current run started
@@ -37,13 +38,12 @@ class Tracker:
     def from_plan(cls, estimates: list[Any], probes: dict[str, Any]) -> Tracker:
         """From compare.plan's Estimates (steps, runs) and Probes (FLOPs of one step)."""
         flops = {e.label: float(e.steps * probes[e.label].step_flops) for e in estimates if e.label in probes}
-        left = {e.label: e.runs for e in estimates}
-        return cls(flops, left, sum(left.values()))
+        return cls(flops, {e.label: e.full_runs for e in estimates}, sum(e.runs for e in estimates))
 
     def drop(self, label: str, runs: int) -> None:
-        """Runs of a method that will not happen (its every search run failed)."""
-        runs = min(runs, self.left.get(label, 0))
-        self.left[label] = self.left.get(label, 0) - runs
+        """Full-budget runs of a method that will not happen (its every search run failed)."""
+        runs = min(runs, math.ceil(self.left.get(label, 0)))
+        self.left[label] = max(0.0, self.left.get(label, 0) - runs)
         self.total -= runs
 
     def rate(self) -> float | None:
@@ -55,7 +55,7 @@ class Tracker:
     def eta(self) -> tuple[float | None, float]:
         """(seconds left or None before any run has trained here, training FLOPs left)."""
         flops_left = sum(self.flops.get(k, 0.0) * n for k, n in self.left.items())
-        runs_left = sum(self.left.values())
+        runs_left = max(0, self.total - self.finished)
         rate = self.rate()
         if not runs_left:
             return 0.0, 0.0
@@ -64,13 +64,13 @@ class Tracker:
         overhead = sum(max(d.wall - d.train_seconds, 0.0) for d in self.measured) / len(self.measured)
         return flops_left / rate + overhead * runs_left, flops_left
 
-    def run_finished(self, label: str, what: str, row: Any) -> str:
-        """Count one run (a stored row, or None when it failed) and say where the study stands."""
+    def run_finished(self, label: str, what: str, row: Any, share: float = 1.0) -> str:
+        """Count one run with `share` of the budget (a stored row, or None when it failed) and say where the
+        study stands."""
         now = time.time()
         wall, self.since = now - self.since, now
         self.finished += 1
-        if self.left.get(label, 0) > 0:
-            self.left[label] -= 1
+        self.left[label] = max(0.0, self.left.get(label, 0) - share)
         result = getattr(row, "result", None) or {}
         costs = result.get("costs") or {}
         reused = row is not None and (row.finished or 0) < self.started

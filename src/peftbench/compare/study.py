@@ -149,10 +149,14 @@ def candidates(entry: Entry, plan: StudyPlan) -> list[dict[str, float]]:
             for lr in (lrs or [None]) for h in (heads or [None])]
 
 
-def search_runs(entry: Entry, plan: StudyPlan) -> int:
-    """How many search runs a method gets: every candidate, plus (halving) the best third again at full budget."""
+def search_runs(entry: Entry, plan: StudyPlan) -> tuple[int, float]:
+    """A method's search runs: how many (every candidate, plus under halving the best third again at the
+    full budget), and what they cost in full-budget runs (a halving rung's run costs RUNG of one)."""
     n = len(candidates(entry, plan))
-    return n + max(1, math.ceil(n * KEEP)) if plan.lr_search == "halving" and n > 1 else n
+    if plan.lr_search == "halving" and n > 1:
+        keep = max(1, math.ceil(n * KEEP))
+        return n + keep, n * RUNG + keep
+    return n, float(n)
 
 
 def _fixed(entry: Entry) -> dict[str, float]:
@@ -254,7 +258,7 @@ def show_plan(plan: StudyPlan, budget: dict[str, Any], base: dict[str, Any], log
             f"{budget['value']:g} training seconds each" if kind == "seconds" else "each method's steps or epochs as configured")
     text += f", {len(plan.seeds)} seed{'s' * (len(plan.seeds) > 1)}"
     refs = {e.name: plan.probes[e.label] for e in plan.entries if e.label in plan.probes}
-    ests = [estimate(plan.probes[e.label], budget, cfg, len(plan.seeds), search_runs(e, plan), refs)
+    ests = [estimate(plan.probes[e.label], budget, cfg, len(plan.seeds), *search_runs(e, plan), refs=refs)
             for e in plan.entries if e.label in plan.probes]
     for line in lines(ests, text) if ests else []:
         log(line)
@@ -264,9 +268,10 @@ def show_plan(plan: StudyPlan, budget: dict[str, Any], base: dict[str, Any], log
 
 
 def _batch(runner: Batch, items: list[tuple[str, str, dict[str, Any]]], track: Any,
-           failures: list[Failure], log: Callable[[str], None]) -> list[RunRow | None]:
-    """Run (method label, which run, raw config) items, at once where the runner can; a failure is recorded
-    and the study goes on (an interrupt stops it). Returns each item's row, None where it failed."""
+           failures: list[Failure], log: Callable[[str], None], share: float = 1.0) -> list[RunRow | None]:
+    """Run (method label, which run, raw config) items, at once where the runner can, each with `share` of
+    the budget; a failure is recorded and the study goes on (an interrupt stops it). Returns each item's
+    row, None where it failed."""
     rows: list[RunRow | None] = [None] * len(items)
     for k, got in runner([raw for _, _, raw in items]):
         method, what, _ = items[k]
@@ -276,7 +281,7 @@ def _batch(runner: Batch, items: list[tuple[str, str, dict[str, Any]]], track: A
             log(f"{label} failed: {Failure(label, got).line.split(': ', 1)[1]}; the study goes on")
         else:
             rows[k] = got
-        log(track.run_finished(method, what, rows[k]))
+        log(track.run_finished(method, what, rows[k], share))
     return rows
 
 
@@ -313,12 +318,13 @@ def _share(raw: dict[str, Any], share: float) -> dict[str, Any]:
 
 
 def _rung(plan: StudyPlan, picks: list[tuple[int, dict[str, float]]], raw: dict[str, Any], what: str, runner: Batch,
-          track: Any, failures: list[Failure], spent: list[RunRow], log: Callable[[str], None]) -> dict[int, Scored]:
+          track: Any, failures: list[Failure], spent: list[RunRow], log: Callable[[str], None],
+          share: float = 1.0) -> dict[int, Scored]:
     """Search runs, (entry index, train settings) each, all at once: each entry's validation scores."""
     items = [(plan.entries[i].label, f"{_shown(pick)}, {what}", deep_merge(raw, {"method": plan.entries[i].spec, "train": {
         **_fixed(plan.entries[i]), **pick, "seed": plan.seeds[0], "test": False}})) for i, pick in picks]
     scored: dict[int, Scored] = {i: [] for i, _ in picks}
-    for (i, pick), row in zip(picks, _batch(runner, items, track, failures, log)):
+    for (i, pick), row in zip(picks, _batch(runner, items, track, failures, log, share)):
         if row is None:
             continue
         spent.append(row)
@@ -337,7 +343,7 @@ def _search(plan: StudyPlan, tries: dict[int, list[dict[str, float]]], base: dic
     halve = {i for i, t in tries.items() if plan.lr_search == "halving" and len(t) > 1}
     full = [(i, p) for i, t in tries.items() if i not in halve for p in t]
     first = _rung(plan, [(i, p) for i in halve for p in tries[i]], _share(base, RUNG),
-                  f"search at {RUNG:g} of the budget", runner, track, failures, spent, log) if halve else {}
+                  f"search at {RUNG:g} of the budget", runner, track, failures, spent, log, RUNG) if halve else {}
     for i, scored in first.items():
         if not scored:
             continue
