@@ -87,7 +87,13 @@ def run(*args: str) -> None:
     assert res.exit_code == 0, res.output
 
 
-def test_runs_store_forgetting_and_the_report_shows_it(mlm_bert, tiny_model, tiny_data, tmp_path):
+def test_runs_store_forgetting_and_the_report_shows_it(mlm_bert, tiny_model, tiny_data, tmp_path, monkeypatch):
+    from peftbench import reuse
+
+    reuse.clear()
+    losses = []  # the untouched model's loss is taken once per process and model, then each run's after
+    real = forgetting.Probe.loss
+    monkeypatch.setattr(forgetting.Probe, "loss", lambda self, model: losses.append(1) or real(self, model))
     common = ["--data", str(tiny_data), "--steps", "3", "--batch-size", "8", "--max-length", "32",
               "--results-dir", str(tmp_path), "--forgetting"]
     run("-m", "base", "--model", mlm_bert, *common)
@@ -97,6 +103,7 @@ def test_runs_store_forgetting_and_the_report_shows_it(mlm_bert, tiny_model, tin
     base, full = rows[("base", mlm_bert)], rows[("full", mlm_bert)]
     assert base["forgetting"] == 0.0 and base["lm_loss_before"] == base["lm_loss_after"] > 0
     assert full["lm_loss_before"] == base["lm_loss_before"]  # the same untuned model and sample
+    assert len(losses) == 1 + 2, "before: once for mlm_bert's two runs; after: once per run"
     assert full["forgetting"] == pytest.approx(full["lm_loss_after"] - full["lm_loss_before"]) and full["forgetting"] != 0
     lora = rows[("lora", tiny_model)]
     assert lora.get("forgetting") is None and "no masked-LM head" in lora["forgetting_note"]

@@ -162,9 +162,13 @@ def prepare(cfg: RunConfig, method: Method, samples: bool, forgetting: bool = Fa
             lambda: task.evaluate(model, "test", cfg.train.eval_batch_size, limit=n_samples).predictions) if n_samples else []
     lm_before: tuple[Any, float] | str | None = None
     if forgetting:
-        with phase("forgetting"):  # the untouched model's LM loss on general text
+        def before() -> tuple[Any, float] | str:
             probe = forget.prepare(model, tokenizer, task.family, cfg.model)
-            lm_before = probe if isinstance(probe, str) else (probe, probe.loss(model))
+            return probe if isinstance(probe, str) else (probe, probe.loss(model))
+
+        with phase("forgetting"):  # the untouched model's LM loss on general text: once per process and model
+            lm_before = reuse.memo("forgetting", reuse.key(cfg.model.model_dump(mode="json"), reuse.stamp(cfg.model.name),
+                                                           task.family, task.model_kwargs, task.precision), before)
     with phase("apply method"):
         method.prepare_task(task)
         model = precision.upcast_trainable(method.apply(model, ctx))
