@@ -25,4 +25,7 @@ class Tuned:
 # name -> what the procedure found (filled from benchmarks/tuner_lrs.py's output; missing: not yet tuned)
 MEASURED: dict[str, Tuned] = {
     "oft": Tuned(6e-3, 0.7040, (6.67e-4, 2e-3, 6e-3, 1.8e-2)),
+    "fourierft": Tuned(5.4e-2, 0.6212, (6.67e-4, 2e-3, 6e-3, 1.8e-2, 5.4e-2)),
+    "hra": Tuned(5.4e-2, 0.7048, (6.67e-4, 2e-3, 6e-3, 1.8e-2, 5.4e-2)),
+    "miss": Tuned(2e-3, 0.6453, (6.67e-4, 2e-3, 6e-3)),
 }
