@@ -7,6 +7,7 @@ table for BENCHMARKS.md and the MEASURED entries for tuned_lrs.py. Runs are stor
 resumes where it stopped.
 
     HF_HUB_OFFLINE=1 python benchmarks/tuner_lrs.py --results-dir peftbench-results/tuner-lrs [--methods oft,hra]
+        [--param c3a.block_size=128]
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 from typing import Any
+
+import yaml
 
 from peftbench.config import parse_config
 from peftbench.errors import UserError
@@ -32,9 +35,21 @@ def majority_macro_f1(labels: list[Any]) -> float:
     return (2 * share / (1 + share)) / len(set(labels))
 
 
+def params(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """--param TUNER.KEY=VALUE: a hyper-parameter that makes a tuner fit the model (c3a's block size must
+    divide MiniLM's 384 and 1536 features); every other tuner keeps peft's defaults."""
+    out: dict[str, Any] = {}
+    for item in args.param:
+        name, _, rest = item.partition(".")
+        key, _, value = rest.partition("=")
+        if name == method:
+            out[key] = yaml.safe_load(value)
+    return out
+
+
 def score(args: argparse.Namespace, method: str, lr: float) -> float:
     cfg = parse_config({
-        "model": {"name": args.model}, "method": {"name": method},
+        "model": {"name": args.model}, "method": {"name": method, "params": params(args, method)},
         "task": {"kind": "classification", "data": {"source": args.data}, "max_length": args.max_length},
         "train": {"steps": args.steps, "batch_size": args.batch_size, "lr": lr, "seed": 0, "test": False},
         "measure": {"latency": False},
@@ -75,6 +90,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--param", action="append", default=[], help="TUNER.KEY=VALUE, e.g. c3a.block_size=128")
     args = p.parse_args()
     names = [m for m in args.methods.split(",") if m] or sorted(n for n, c in REGISTRY.items() if issubclass(c, GenericTuner))
     from peftbench.tasks import get_task
@@ -93,7 +109,8 @@ def main() -> None:
             continue
         best = max(sorted(seen), key=lambda x: seen[x])
         learns = seen[best] > floor + LEARNS_MARGIN
-        print(f"| {name} | {tried} | {f'**{best:.3g}**' if learns else 'none: learned at no rate'} | |")
+        given = ", ".join(f"{k}={v}" for k, v in params(args, name).items())
+        print(f"| {name}{f' ({given})' if given else ''} | {tried} | {f'**{best:.3g}**' if learns else 'none: learned at no rate'} | |")
         lr = f"{best:.3g}" if learns else "None"
         entries.append(f'    "{name}": Tuned({lr}, {seen[best]:.4f}, ({", ".join(f"{x:.3g}" for x in sorted(seen))},)),')
     print("\nMEASURED = {\n" + "\n".join(entries) + "\n}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -62,6 +63,9 @@ def test_tuner_lrs_searches_widens_and_prints_measured_entries(monkeypatch, caps
     import tuner_lrs
 
     assert tuner_lrs.majority_macro_f1(["a", "a", "a", "b"]) == pytest.approx((2 * 0.75 / 1.75) / 2)
+    given = SimpleNamespace(param=["c3a.block_size=128", "oft.r=4", "c3a.init_weights=gaussian"])
+    assert tuner_lrs.params(given, "c3a") == {"block_size": 128, "init_weights": "gaussian"}  # typed as YAML
+    assert tuner_lrs.params(given, "hra") == {}
     monkeypatch.setattr(sys, "argv", ["tuner_lrs.py", "--results-dir", str(tmp_path), "--methods", "oft,c3a",
                                       "--model", tiny_model, "--data", str(tiny_data), "--steps", "2",
                                       "--batch-size", "8", "--max-length", "32"])
