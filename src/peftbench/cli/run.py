@@ -151,8 +151,8 @@ def compare_cmd(
     from peftbench.track import parse_kinds
 
     execute = lambda r: _execute(r, opts["results_dir"], opts["force"], opts["report_to"]).row  # noqa: E731
-    batch = runner(execute, opts["results_dir"], opts["force"], workers, backend, address, parse_kinds(opts["report_to"]), say)
-    study = run_study(plan, execute, say, batch)
+    with runner(execute, opts["results_dir"], opts["force"], workers, backend, address, parse_kinds(opts["report_to"]), say) as batch:
+        study = run_study(plan, execute, say, batch)
     if dry_run:
         return
     from peftbench.report.aggregate import aggregate

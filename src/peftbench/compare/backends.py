@@ -9,7 +9,7 @@ and the study reads each finished run back from the store.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +17,30 @@ from peftbench.compare.study import Batch, Execute, sequential
 from peftbench.errors import UserError
 from peftbench.store import RunRow
 
+@contextmanager
 def runner(execute: Execute, results_dir: Path, force: bool, workers: int = 1, backend: str = "local",
            address: str | None = None, report_to: list[str] | None = None,
-           log: Callable[[str], None] = print) -> Batch:
-    """A Batch for the study: `execute` in this process when one local worker, else the sweep's backends."""
+           log: Callable[[str], None] = print) -> Iterator[Batch]:
+    """A Batch for the study: `execute` in this process when one local worker, else the sweep's backends.
+    Ray is joined once for the whole study (each phase would otherwise start a job and ship inputs anew)."""
     if backend == "local" and workers == 1:
-        return sequential(execute)
+        yield sequential(execute)
+        return
+    started = False
+    if backend == "ray":
+        from peftbench.sweep.local import cores
+        from peftbench.sweep.ray_backend import connect, require_ray
 
+        started = connect(address, workers, cores())
+    try:
+        yield _parallel(results_dir, force, workers, backend, address, report_to, log)
+    finally:
+        if started:
+            require_ray().shutdown()
+
+
+def _parallel(results_dir: Path, force: bool, workers: int, backend: str, address: str | None,
+              report_to: list[str] | None, log: Callable[[str], None]) -> Batch:
     def batch(raws: list[dict[str, Any]]) -> Iterator[tuple[int, RunRow | BaseException]]:
         from peftbench.config import parse_config
         from peftbench.store import Store

@@ -31,6 +31,19 @@ def require_ray() -> Any:
     return ray
 
 
+def connect(address: str | None, workers: int, cores: int) -> bool:
+    """Join the cluster at `address`, or start a local Ray of `workers` CPUs (all cores for one worker);
+    False when this process is already connected (that session is the caller's to end)."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=workers if workers > 1 else cores, include_dashboard=False, log_to_driver=False)
+    return True
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(f"{type(e).__name__}: {e}".split())[:300]
 
@@ -89,12 +102,7 @@ def run_ray(jobs: list[tuple[int, dict[str, Any]]], results_dir: Path, force: bo
         from peftbench.runner import config_hash
 
         identities = {i: (config_hash(parse_config(c)), stored_config(parse_config(c))) for i, c in jobs}
-    started = not ray.is_initialized()  # a caller's own Ray session is left running
-    if started:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers if workers > 1 else cores, include_dashboard=False, log_to_driver=False)
+    started = connect(address, workers, cores)
     try:
         resources = ray.cluster_resources()
         gpu = resources.get("GPU", 0) > 0
