@@ -159,3 +159,8 @@ def test_compare_halving_on_the_cluster(cluster, sweep_file: Path) -> None:
     assert sorted(quarter) == [1e-3, 1e-2, 3e-2] and [r.config["train"]["lr"] for r in full] == [leader]
     assert doc["chosen_lr"]["lora"] == leader and {r["lr"] for r in doc["runs"]} == {leader}
     assert " ran on " in res.stderr, "the node of each run is reported"
+    from peftbench.config import parse_config
+    from peftbench.runner import config_hash, normalize
+
+    for r in rows:  # stored under the hash a local run of the same config has: reruns and local studies find them
+        assert r.config_hash == config_hash(normalize(parse_config(r.config))[0])

@@ -98,10 +98,11 @@ def run_ray(jobs: list[tuple[int, dict[str, Any]]], results_dir: Path, force: bo
     ray = require_ray()
     paths = [] if shared_inputs else local_paths([c for _, c in jobs])
     check_size(paths)  # before Ray starts: too large is refused in one line
-    if identities is None:
-        from peftbench.runner import config_hash
+    if identities is None:  # as runner.run hashes a config: normalized (method defaults and rate filled in)
+        from peftbench.runner import config_hash, normalize
 
-        identities = {i: (config_hash(parse_config(c)), stored_config(parse_config(c))) for i, c in jobs}
+        normal = {i: normalize(parse_config(c))[0] for i, c in jobs}
+        identities = {i: (config_hash(cfg), stored_config(cfg)) for i, cfg in normal.items()}
     started = connect(address, workers, cores)
     try:
         resources = ray.cluster_resources()
