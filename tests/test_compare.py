@@ -162,6 +162,27 @@ def test_worker_processes_run_each_phase_together_with_the_same_results(tiny_mod
     assert got["stderr"].count("go on to the full budget") == 1
 
 
+def test_a_rerun_with_workers_reads_its_done_runs_back_without_sending_them_out(tiny_model, tiny_data, tmp_path, monkeypatch):
+    """A parallel compare run again finds each done run in the store, as a sweep does, instead of training it
+    again on a worker (Ray workers never see the store, so they would)."""
+    args = [*base_args(tiny_model, tiny_data, tmp_path), "--methods", "base,lora", "--steps", "4", "--seeds", "2"]
+    first = compare(*args, "--workers", "2")["doc"]
+    sent: list[list] = []
+
+    def refuse(jobs, *a, **k):
+        sent.append(jobs)
+        raise AssertionError("a done run went out to a worker")
+
+    monkeypatch.setattr("peftbench.sweep.local.run_workers", refuse)
+    monkeypatch.setattr("peftbench.sweep.ray_backend.run_ray", refuse)
+    for backend in (["--workers", "2"], ["--backend", "ray"]):
+        again = compare(*args, *backend)
+        assert not sent and again["doc"]["runs"] == first["runs"]
+        assert again["stderr"].count("already done") == len(first["runs"]) == 4  # base's and lora's two seeds
+    rows = Store(tmp_path).list()
+    assert len(rows) == len({r.config_hash for r in rows}) == 4  # each run stored once, by the first compare
+
+
 def test_a_bad_backend_or_worker_count_is_one_line(tiny_model, tiny_data, tmp_path):
     for flags, words in [(["--backend", "slurm"], "unknown backend 'slurm'"), (["--workers", "0"], "at least 1"),
                          (["--address", "auto"], "use it with --backend ray")]:

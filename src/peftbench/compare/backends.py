@@ -15,7 +15,7 @@ from typing import Any
 
 from peftbench.compare.study import Batch, Execute, sequential
 from peftbench.errors import UserError
-from peftbench.store import RunRow
+from peftbench.store import RunRow, Store
 
 @contextmanager
 def runner(execute: Execute, results_dir: Path, force: bool, workers: int = 1, backend: str = "local",
@@ -42,11 +42,14 @@ def runner(execute: Execute, results_dir: Path, force: bool, workers: int = 1, b
 def _parallel(results_dir: Path, force: bool, workers: int, backend: str, address: str | None,
               report_to: list[str] | None, log: Callable[[str], None]) -> Batch:
     def batch(raws: list[dict[str, Any]]) -> Iterator[tuple[int, RunRow | BaseException]]:
-        from peftbench.config import parse_config
-        from peftbench.store import Store
         from peftbench.sweep.local import cores, run_workers
 
-        jobs = [(k, parse_config(raw).model_dump(mode="json")) for k, raw in enumerate(raws)]
+        jobs, found = _pending(raws, results_dir, force)
+        for k, row in found.items():  # a rerun's finished runs: read back, not trained again on a worker
+            log(f"  {row.method} run {row.run_id} already done")
+            yield k, row
+        if not jobs:
+            return
         if backend == "ray":
             from peftbench.sweep.ray_backend import run_ray
 
@@ -68,3 +71,18 @@ def _parallel(results_dir: Path, force: bool, workers: int, backend: str, addres
             yield out.index, row
 
     return batch
+
+
+def _pending(raws: list[dict[str, Any]], results_dir: Path, force: bool) -> tuple[list[tuple[int, dict[str, Any]]], dict[int, RunRow]]:
+    """The configs still to run, and the done runs the store already has for the others (none under force),
+    found by the hash runner.run stores them under (normalized config), as a sweep skips its done configs."""
+    from peftbench.config import parse_config
+    from peftbench.runner import config_hash, normalize
+
+    jobs = [(k, parse_config(raw).model_dump(mode="json")) for k, raw in enumerate(raws)]
+    if force or not (results_dir / "results.sqlite").exists():
+        return jobs, {}
+    with closing(Store(results_dir)) as store:
+        found = {k: store.find_done(config_hash(normalize(parse_config(c))[0])) for k, c in jobs}
+    done = {k: row for k, row in found.items() if row is not None}
+    return [(k, c) for k, c in jobs if k not in done], done
