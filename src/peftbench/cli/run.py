@@ -158,13 +158,13 @@ def compare_cmd(
     from peftbench.report.aggregate import aggregate
 
     ids = {r.run_id for r in [*study.rows, *study.search] if r.done}
-    rep = aggregate(opts["results_dir"], run_ids=ids) if ids and (limits or not json_out) else None
+    rep = aggregate(opts["results_dir"], run_ids=ids) if ids else None  # once: the tables, the verdicts and --json read it
     found = constraints.verdicts(rep, limits) if rep and limits and json_out else []
     if json_out:
         from peftbench.report.budget_view import verdicts_json  # winner by budget and flags (issue 16)
 
         print(json.dumps({"budget": study.budget, "chosen_lr": study.chosen_lr, "chosen_head_lr": study.chosen_head_lr, "runs": [summary(r) for r in study.rows],
-                          "failures": [f.line for f in study.failures], **verdicts_json(opts["results_dir"], ids),
+                          "failures": [f.line for f in study.failures], **verdicts_json(rep),
                           **({"verdicts": [vars(v) for v in found]} if limits else {})}, indent=2))
     elif rep is not None:
         from peftbench.report.command import print_report

@@ -113,14 +113,13 @@ def html(section: Section) -> str:
     return out
 
 
-def verdicts_json(results_dir: Any, run_ids: set[str]) -> dict[str, Any]:
-    """For `compare --json`: per section, the winner by budget, the verdict and every flag with its reason."""
-    from peftbench.report.aggregate import aggregate
+def verdicts_json(rep: Any) -> dict[str, Any]:
+    """For `compare --json`: per section of the comparison's report, the winner by budget, the verdict and
+    every flag with its reason (nothing when no run finished)."""
     from peftbench.report.model import to_jsonable
 
-    if not run_ids:
+    if rep is None:
         return {}
-    rep = aggregate(results_dir, run_ids=run_ids)
     return {"sections": [{"section": s.title, "by_budget": to_jsonable(s.by_budget),
                           "flags": [{"label": c.label, "kind": f.kind, "reason": f.reason} for c in s.cells for f in c.flags]}
                          for s in rep.sections]}
