@@ -347,3 +347,22 @@ def test_report_refuses_empty_or_missing_results(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no finished runs") as e:
         report(tmp_path / "res")
     assert "\n" not in str(e.value)
+
+
+def test_a_plain_method_among_its_variants_is_named_plainly() -> None:
+    """Settings a variant turns on are named on the variant; the plain method's unset ones (None, False)
+    are not, while differences outside the method (here the budget) stay named on every cell."""
+    from types import SimpleNamespace
+
+    from peftbench.report.aggregate import _labels
+
+    def c(params: dict, flops: float = 1e12):
+        return SimpleNamespace(method="lora", label="", config={"method": {"name": "lora", "params": params},
+                                                                "train": {"flops": flops, "seed": 0}})
+
+    cells = [c({"init": None, "use_dora": False}), c({"init": None, "use_dora": True}), c({"init": "pissa", "use_dora": False})]
+    _labels(cells)
+    assert [x.label for x in cells] == ["lora", "lora (use_dora=True)", "lora (init=pissa)"]
+    cells = [c({"use_dora": False}, 1e12), c({"use_dora": False}, 4e12), c({"use_dora": True}, 4e12)]
+    _labels(cells)
+    assert [x.label for x in cells] == ["lora (flops=1e+12)", "lora (flops=4e+12)", "lora (use_dora=True, flops=4e+12)"]

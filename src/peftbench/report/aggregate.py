@@ -69,7 +69,10 @@ def _labels(cells: list[Cell]) -> None:
         flats = [without(c.config, "train.seed") for c in group]
         keys = sorted({k for f in flats for k in f if any(g.get(k) != f.get(k) for g in flats)})
         for c, f in zip(group, flats):
-            extra = ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(f.get(k))}" for k in keys)
+            # a method setting left off (None, False) beside variants that set it names nothing: plain
+            # LoRA among DoRA and PiSSA is "lora", not "lora (init=None, use_dora=False)"
+            shown = [k for k in keys if not (k.startswith("method.") and f.get(k) in (None, False))]
+            extra = ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(f.get(k))}" for k in shown)
             c.label = f"{c.method} ({extra})" if extra else c.method
     seen: dict[str, int] = {}
     for c in cells:  # keys that only differ in nesting could still collide
