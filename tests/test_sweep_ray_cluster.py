@@ -101,6 +101,34 @@ def test_two_nodes_ship_inputs_and_runs_back_with_a_killed_worker_retried(cluste
     assert "4 done, 0 to run" in again[0] and len(Store(res).list()) == 4
 
 
+def test_a_run_whose_worker_dies_twice_is_stored_interrupted_and_the_same_command_then_trains_it(
+        cluster, sweep_file: Path) -> None:
+    """Ray retries a task once; when its worker dies again, the driver stores the run interrupted (as a local
+    run killed mid-way), the sweep names it failed in one line and exits 1; a rerun trains it, once."""
+    from peftbench.cli import app
+
+    c, root = cluster
+    doc = yaml.safe_load(sweep_file.read_text())
+    doc["axes"] = {"method": ["lora"]}
+    sweep_file.write_text(yaml.safe_dump(doc))
+    (root / "kill" / "always").touch()  # every task dies at its first training step, the retry too
+    try:
+        res = CliRunner().invoke(app, ["sweep", str(sweep_file), "--backend", "ray", "--address", c.address,
+                                       "--results-dir", "res"])
+    finally:
+        (root / "kill" / "always").unlink()
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert "0 of 1 done, 1 failed" in res.output and "failed [1/1] lora: WorkerCrashedError" in res.output, res.output
+    with Store(Path("res")) as store:
+        rows = store.list()
+    assert [r.status for r in rows] == ["interrupted"] and rows[0].error, rows
+    (root / "kill" / "killed").touch()  # no kill on the rerun
+    again = sweep(sweep_file, c.address)
+    assert "0 done, 1 to run" in again[0] and any(": done " in s for s in again), again
+    with Store(Path("res")) as store:
+        assert sorted(r.status for r in store.list()) == ["done", "interrupted"]
+
+
 def test_driver_killed_mid_sweep_then_the_same_command_resumes(cluster, sweep_file: Path) -> None:
     c, root = cluster
     (root / "kill" / "killed").touch()  # no worker kill here

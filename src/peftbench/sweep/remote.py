@@ -23,7 +23,8 @@ from peftbench.store.shipped import DROPPED, Shipped, pack, unpack
 from peftbench.sweep.local import Outcome, execute
 from peftbench.sweep.ship import Input, rewrite
 
-KILL_ONCE = "PEFTBENCH_TEST_KILL_ONCE"  # tests only: a folder; the first task to train a step there dies (os._exit)
+KILL_ONCE = "PEFTBENCH_TEST_KILL_ONCE"  # tests only: a folder; the first task to train a step there dies (os._exit),
+# and while the folder holds a file `always`, every task does (a run whose worker dies on its retry too)
 INDEX_FILES = ("runs", "checkpoints", "results.sqlite", "results.sqlite-wal", "results.sqlite-shm")
 
 
@@ -45,6 +46,8 @@ class _KillOnce:
         self.marker = Path(folder) / "killed"
 
     def step(self, step: int) -> None:
+        if (self.marker.parent / "always").exists():
+            os._exit(9)
         try:
             fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # exactly one task wins
         except FileExistsError:
