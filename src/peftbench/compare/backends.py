@@ -44,7 +44,7 @@ def _parallel(results_dir: Path, force: bool, workers: int, backend: str, addres
     def batch(raws: list[dict[str, Any]]) -> Iterator[tuple[int, RunRow | BaseException]]:
         from peftbench.sweep.local import cores, run_workers
 
-        jobs, found = _pending(raws, results_dir, force)
+        jobs, found, identities = _pending(raws, results_dir, force)
         for k, row in found.items():  # a rerun's finished runs: read back, not trained again on a worker
             log(f"  {row.method} run {row.run_id} already done")
             yield k, row
@@ -53,7 +53,7 @@ def _parallel(results_dir: Path, force: bool, workers: int, backend: str, addres
         if backend == "ray":
             from peftbench.sweep.ray_backend import run_ray
 
-            events = run_ray(jobs, results_dir, force, address, workers, cores(), report_to)
+            events = run_ray(jobs, results_dir, force, address, workers, cores(), report_to, identities)
         else:
             from peftbench.sweep.command import gpus
 
@@ -73,16 +73,23 @@ def _parallel(results_dir: Path, force: bool, workers: int, backend: str, addres
     return batch
 
 
-def _pending(raws: list[dict[str, Any]], results_dir: Path, force: bool) -> tuple[list[tuple[int, dict[str, Any]]], dict[int, RunRow]]:
-    """The configs still to run, and the done runs the store already has for the others (none under force),
-    found by the hash runner.run stores them under (normalized config), as a sweep skips its done configs."""
-    from peftbench.config import parse_config
-    from peftbench.runner import config_hash, normalize
+Identity = tuple[str, dict[str, Any]]  # (config hash, stored config), as runner.run stores a run
 
-    jobs = [(k, parse_config(raw).model_dump(mode="json")) for k, raw in enumerate(raws)]
+
+def _pending(raws: list[dict[str, Any]], results_dir: Path, force: bool
+             ) -> tuple[list[tuple[int, dict[str, Any]]], dict[int, RunRow], dict[int, Identity]]:
+    """The configs still to run, the done runs the store already has for the others (none under force), as a
+    sweep skips its done configs, and each config's identity: the hash of its normalized config, which
+    runner.run stores it under, and which the Ray driver stores a returned run under."""
+    from peftbench.config import parse_config
+    from peftbench.runner import config_hash, normalize, stored_config
+
+    parsed = {k: parse_config(raw) for k, raw in enumerate(raws)}
+    jobs = [(k, cfg.model_dump(mode="json")) for k, cfg in parsed.items()]
+    identities = {k: (config_hash(n), stored_config(n)) for k, cfg in parsed.items() for n in [normalize(cfg)[0]]}
     if force or not (results_dir / "results.sqlite").exists():
-        return jobs, {}
+        return jobs, {}, identities
     with closing(Store(results_dir)) as store:
-        found = {k: store.find_done(config_hash(normalize(parse_config(c))[0])) for k, c in jobs}
+        found = {k: store.find_done(digest) for k, (digest, _) in identities.items()}
     done = {k: row for k, row in found.items() if row is not None}
-    return [(k, c) for k, c in jobs if k not in done], done
+    return [(k, c) for k, c in jobs if k not in done], done, identities

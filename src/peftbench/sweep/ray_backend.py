@@ -85,24 +85,18 @@ def store_returned(store: Any, identity: tuple[str, dict[str, Any]], back: Retur
 
 
 def run_ray(jobs: list[tuple[int, dict[str, Any]]], results_dir: Path, force: bool, address: str | None,
-            workers: int, cores: int, report_to: list[str] | None = None,
-            identities: dict[int, tuple[str, dict[str, Any]]] | None = None, keep_weights: str = "all",
+            workers: int, cores: int, report_to: list[str] | None,
+            identities: dict[int, tuple[str, dict[str, Any]]], keep_weights: str = "all",
             shared_inputs: bool = False) -> Iterator[tuple[str, Any]]:
     """Yields ("slots", runs at once), then ("end", Outcome) as tasks finish, in the order they finish.
 
-    identities: index -> (config hash, stored config) under which the driver stores each run."""
-    from peftbench.runner import stored_config
-    from peftbench.config import parse_config
+    identities: index -> (config hash, stored config) under which the driver stores each run: as runner.run
+    hashes a config, normalized (method defaults and rate filled in)."""
     from peftbench.store import Store
 
     ray = require_ray()
     paths = [] if shared_inputs else local_paths([c for _, c in jobs])
     check_size(paths)  # before Ray starts: too large is refused in one line
-    if identities is None:  # as runner.run hashes a config: normalized (method defaults and rate filled in)
-        from peftbench.runner import config_hash, normalize
-
-        normal = {i: normalize(parse_config(c))[0] for i, c in jobs}
-        identities = {i: (config_hash(cfg), stored_config(cfg)) for i, cfg in normal.items()}
     started = connect(address, workers, cores)
     try:
         resources = ray.cluster_resources()
