@@ -146,6 +146,7 @@ def test_measure_records_repeats_and_whether_the_interval_was_met(tiny_config: d
     monkeypatch.setattr(latency, "clock", clock)
     out = measure(task, model, method, torch.device("cpu"), MeasureSpec(latency_batch=8, latency_repeats=3, latency_max_repeats=8))
     assert out["repeats"] == {"b1": 6, "bN": 8} and out["interval_met"] == {"b1": True, "bN": False}
+    assert out["stopped"] == {"b1": "interval", "bN": "cap"}
     assert out["b1_ms"] == pytest.approx(10.0) and out["bN_ms"] == pytest.approx(60.0)
     assert clock.reads == 2 * (len(b1) + len(bn))  # the warm-ups are timed and dropped
     stored = Latency.from_dict(out)
@@ -166,11 +167,43 @@ def test_generation_latency_uses_a_few_prompts(tiny_models, tmp_path: Path) -> N
     assert 1 <= out["repeats"]["bN"] <= 6
 
 
-def test_latency_max_repeats_keeps_old_hashes_at_its_default() -> None:
+def test_latency_max_repeats_and_seconds_keep_old_hashes_at_their_defaults() -> None:
     from peftbench.config import RunConfig
 
-    assert "latency_max_repeats" not in RunConfig().canonical()["measure"]
+    assert not {"latency_max_repeats", "latency_seconds"} & set(RunConfig().canonical()["measure"])
     assert RunConfig(measure=MeasureSpec(latency_max_repeats=9)).canonical()["measure"]["latency_max_repeats"] == 9
+    assert RunConfig(measure=MeasureSpec(latency_seconds=5)).canonical()["measure"]["latency_seconds"] == 5
+
+
+def test_a_slow_series_stops_at_three_repeats_once_its_time_is_up() -> None:
+    from peftbench.measure.latency import repeat_until_stable
+
+    slow = iter([9000.0, 14000.0] * 20)  # 9-14 s a call, never within 5%: 20 s are up after the second call
+    t = repeat_until_stable(lambda: next(slow), least=5, most=10, seconds=20)
+    assert (t.repeats, t.met, t.stopped) == (3, False, "time") and t.median == 9000.0
+    slow = iter([30000.0] * 5)
+    assert repeat_until_stable(lambda: next(slow), least=1, most=10, seconds=20).repeats == 1  # latency_repeats 1: one
+    fast = iter([100.0, 200.0] * 50)  # 0.1-0.2 s a call: the cap comes long before 20 s
+    t = repeat_until_stable(lambda: next(fast), least=5, most=10, seconds=20)
+    assert (t.repeats, t.stopped) == (10, "cap")
+    steady = iter([3000.0] * 20)  # 3 s a call, steady: the interval is met at 6, before 20 s are up
+    t = repeat_until_stable(lambda: next(steady), least=6, most=10, seconds=20)
+    assert (t.repeats, t.met, t.stopped) == (6, True, "interval")
+
+
+def test_measure_stops_a_slow_series_by_time_and_says_so(tiny_config: dict, monkeypatch) -> None:
+    from peftbench.measure import latency
+    from peftbench.store import Latency
+
+    task, model, method = adapted(tiny_config, "prompt")
+    b1 = [500.0] + [10.0] * 6  # fast: the interval
+    bn = [9000.0] + [8000.0, 12000.0, 10000.0]  # a warm-up, then 3 slow calls (30 s > 20 s)
+    monkeypatch.setattr(latency, "clock", FakeClock(b1 + bn))
+    out = measure(task, model, method, torch.device("cpu"), MeasureSpec(latency_batch=8, latency_repeats=5))
+    assert out["repeats"] == {"b1": 6, "bN": 3} and out["stopped"] == {"b1": "interval", "bN": "time"}
+    assert out["bN_ms"] == pytest.approx(10000.0) and out["interval_met"]["bN"] is False
+    stored = Latency.from_dict(out)
+    assert stored is not None and stored.to_dict()["stopped"] == out["stopped"]
 
 
 # -- spread and a busy machine (issue 15 item 8) ---------------------------------------------------

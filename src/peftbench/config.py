@@ -177,6 +177,9 @@ class MeasureSpec(Spec):
     latency_batch: int = Field(32, ge=1)
     latency_repeats: int = Field(5, ge=1)  # timed repeats at least; more until the median's 95% interval is within 5%
     latency_max_repeats: int = Field(10, ge=1)  # ... or this many (measure/latency.py; twice the 5 timed before)
+    # ... or, once a series' timed repeats add up to this many seconds, as soon as it has 3 (fewer than
+    # latency_repeats when each takes seconds: a 135M decoder generating on one core took ~10 s a call)
+    latency_seconds: float = Field(20.0, gt=0.0, allow_inf_nan=True)
     forgetting: bool = False  # LM loss on general text before and after tuning (measure/forgetting.py)
     # The device's peak TFLOP/s for MFU, replacing the known-GPU table or the CPU probe. Not hashed:
     # it changes no trained number, and the result records the peak it used.
@@ -185,7 +188,8 @@ class MeasureSpec(Spec):
 
 # Keys added after runs were stored, left out of canonical() while at their default so those runs keep their hash.
 NEW_AT_DEFAULT_UNHASHED = (("train", "gradient_checkpointing"), ("train", "packing"), ("measure", "latency_max_repeats"),
-                           ("train", "head_lr"), ("task", "pooling"), ("measure", "forgetting"))
+                           ("train", "head_lr"), ("task", "pooling"), ("measure", "forgetting"),
+                           ("measure", "latency_seconds"))
 
 
 class RunConfig(Spec):

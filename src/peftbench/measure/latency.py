@@ -4,7 +4,9 @@ Timed is the task's own prediction path (evaluate with score=False): tokenizing,
 pass, generation with the run's decoding or label scoring, but no teacher-forced loss and no
 metrics, which a request does not pay. One warm-up, then timed repeats until the median's
 distribution-free 95% interval lies within +-5% of it (at least `latency_repeats`, at most
-`latency_max_repeats`); the stored figures say how many ran and whether the interval got there,
+`latency_max_repeats`, and no more than 3 once the series has taken `latency_seconds`: slow
+generation would otherwise spend a third of a run here); the stored figures say how many ran,
+why the series stopped (interval, cap or time) and whether the interval got there,
 the repeats' interquartile range, and how loaded the machine was while timing (a busy shared CPU
 made batch-1 latency of one backbone range 45 ms to 1 s: the spread and the note say so).
 Generation tasks time a few prompts at batch N (GENERATION_BATCH), not a batch of 32 generations.
@@ -29,6 +31,7 @@ from peftbench.tasks.base import Task
 from peftbench.train.threads import LoadWindow
 
 TARGET = 0.05  # the median's 95% interval within +-5% of it
+TIME_FLOOR = 3  # repeats a series keeps once its time is up: a median needs three
 GENERATION_BATCH = 4  # prompts at batch N for tasks that generate: a request's cost, not an evaluation pass's
 clock: Callable[[], float] = time.perf_counter  # tests put a fake clock here
 
@@ -39,6 +42,7 @@ class Timing:
     repeats: int
     met: bool  # the interval got within TARGET before the cap
     quartiles: tuple[float, float] = (0.0, 0.0)  # first and third
+    stopped: str = "interval"  # why the repeats ended: "interval" (met), "cap" (max repeats) or "time"
 
 
 def quartiles(samples: list[float]) -> tuple[float, float]:
@@ -56,14 +60,20 @@ def stable(samples: list[float], target: float = TARGET) -> bool:
     return mid - interval[0] <= target * mid and interval[1] - mid <= target * mid
 
 
-def repeat_until_stable(once: Callable[[], float], least: int, most: int) -> Timing:
-    """Call `once` (it returns a duration) until the median is stable, at least `least` times, at most max(least, most)."""
+def repeat_until_stable(once: Callable[[], float], least: int, most: int, seconds: float = float("inf")) -> Timing:
+    """Call `once` (it returns milliseconds) until the median is stable, at least `least` times, at most
+    max(least, most); once the calls add up to `seconds`, stop as soon as there are min(least, TIME_FLOOR)."""
     samples: list[float] = []
+    stopped = "cap"
     while len(samples) < max(least, most):
         samples.append(once())
         if len(samples) >= least and stable(samples):
+            stopped = "interval"
             break
-    return Timing(statistics.median(samples), len(samples), stable(samples), quartiles(samples))
+        if sum(samples) >= seconds * 1000 and len(samples) >= min(least, TIME_FLOOR):
+            stopped = "time"
+            break
+    return Timing(statistics.median(samples), len(samples), stable(samples), quartiles(samples), stopped)
 
 
 def _sync(device: torch.device) -> None:
@@ -86,7 +96,7 @@ def _timed(task: Task, model: nn.Module, n: int, device: torch.device, spec: Mea
         return (clock() - t0) * 1000
 
     once()  # warm-up: kernels, allocator, cached tokenization
-    return repeat_until_stable(once, spec.latency_repeats, spec.latency_max_repeats), preds
+    return repeat_until_stable(once, spec.latency_repeats, spec.latency_max_repeats, spec.latency_seconds), preds
 
 
 def _figures(task: Task, model: nn.Module, n: int, device: torch.device, spec: MeasureSpec) -> tuple[dict[str, Any], list[Any]]:
@@ -94,6 +104,7 @@ def _figures(task: Task, model: nn.Module, n: int, device: torch.device, spec: M
     bn, preds = _timed(task, model, n, device, spec)
     return {"b1_ms": b1.median, "bN_ms": bn.median, "batch": n, "throughput": n / (bn.median / 1000),
             "repeats": {"b1": b1.repeats, "bN": bn.repeats}, "interval_met": {"b1": b1.met, "bN": bn.met},
+            "stopped": {"b1": b1.stopped, "bN": bn.stopped},
             "iqr_ms": {"b1": list(b1.quartiles), "bN": list(bn.quartiles)}}, preds
 
 

@@ -54,8 +54,9 @@ class Latency:
     interval_met: dict[str, bool] | None = None  # whether each median's 95% interval got within +-5%
     iqr_ms: dict[str, list[float]] | None = None  # b1 / bN: the repeats' first and third quartiles
     machine: dict[str, Any] | None = None  # the load while timing: other_load, cores, threads, load_average, busy
+    stopped: dict[str, str] | None = None  # why each series' repeats ended: interval, cap or time
 
-    OPTIONAL = ("merged_matches", "same_model", "repeats", "interval_met", "iqr_ms", "machine")
+    OPTIONAL = ("merged_matches", "same_model", "repeats", "interval_met", "iqr_ms", "machine", "stopped")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Latency | None:

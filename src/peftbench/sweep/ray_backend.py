@@ -102,8 +102,10 @@ def run_ray(jobs: list[tuple[int, dict[str, Any]]], results_dir: Path, force: bo
         resources = ray.cluster_resources()
         gpu = resources.get("GPU", 0) > 0
         yield "slots", max(1, int(resources.get("GPU" if gpu else "CPU", 1)))
-        # A task holds one GPU where there are GPUs, else one CPU (torch then uses one thread).
-        remote = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=1)(work)
+        # A task holds one GPU where there are GPUs, else one CPU (torch then uses one thread). SPREAD: runs
+        # are independent and compute-bound, so an idle node beats a busy one (Ray's default packs them and
+        # may queue them all on one node); runs sharing a node also distort each other's timings.
+        remote = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=1, scheduling_strategy="SPREAD")(work)
         inputs = ship(paths, ray.put)
         cwd = os.getcwd() if shared_inputs else None
         with closing(Store(results_dir)) as store:
