@@ -135,3 +135,27 @@ def test_methods_with_params_parse_back(entries):
 def test_a_bad_methods_entry_is_one_line():
     res = CliRunner().invoke(app, ["compare", "--methods", "lora(r)", "--dry-run"])
     assert res.exit_code == 2 and "is not name(key=value, ...)" in res.output
+
+
+def test_the_plan_times_two_generated_examples_and_no_warm_up(tiny_models, tmp_path, monkeypatch):
+    """Generating costs seconds an example on a CPU: the plan generates 2 validation examples per method,
+    in one timed call, with no warm-up generation before it."""
+    from conftest import write_jsonl
+    from peftbench.compare.plan import probe
+    from peftbench.config import parse_config
+    from peftbench.tasks.generation import GenerationTask
+    from test_generation import config, dialogue_rows
+
+    for split, n in (("train", 8), ("validation", 12), ("test", 4)):
+        write_jsonl(tmp_path / f"{split}.jsonl", dialogue_rows(n, 1))
+    limits: list[int | None] = []
+    real = GenerationTask.evaluate
+
+    def spy(self, model, split, batch_size, *args, limit=None, **kw):
+        limits.append(limit)
+        return real(self, model, split, batch_size, *args, limit=limit, **kw)
+
+    monkeypatch.setattr(GenerationTask, "evaluate", spy)
+    cfg = parse_config(config(tiny_models("llama"), tmp_path, "summarization"))
+    p = probe(cfg, "lora")
+    assert limits == [2] and p.eval_seconds > 0 and p.step_flops > 0

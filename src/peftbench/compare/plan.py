@@ -3,7 +3,8 @@ budget as steps and epochs per method and an estimated wall time.
 
 The estimate is measured, not guessed: one training step of each method is counted (its FLOPs go to the
 process's FLOP cache, so the run does not count them again) and timed, and a few validation examples
-are timed. Steps follow from the budget and the step's FLOPs; time from steps, validations and test.
+are timed (2 where the task generates). Steps follow from the budget and the step's FLOPs; time from
+steps, validations and test.
 It is rough: batch shapes vary, and a busy machine changes every timing.
 """
 
@@ -39,6 +40,7 @@ def probe(cfg: RunConfig, label: str) -> Probe:
     """Check the config as a run would (UserError if it cannot run), then time one step and a few evaluations."""
     from peftbench import reuse
     from peftbench.runner import messages, normalize, pick_device, prepare
+    from peftbench.tasks.generation import GenerationTask
     from peftbench.train import lm_loss, precision
     from peftbench.train.budget import device_sync
 
@@ -65,8 +67,12 @@ def probe(cfg: RunConfig, label: str) -> Probe:
                 seconds = time.perf_counter() - t0
                 model.zero_grad(set_to_none=True)
             flops, seconds = meter.total * cfg.train.grad_accum, seconds * cfg.train.grad_accum
-        k = max(1, min(cfg.train.eval_batch_size, 8, sizes["validation"]))
-        task.evaluate(model, "validation", cfg.train.eval_batch_size, limit=1)  # tokenizes the split: not timed
+        # Generating costs seconds an example on a CPU (a 135M decoder: ~7 s): time 2, and skip the warm-up,
+        # whose tokenizing of the split is small beside them; elsewhere 8, after a warm-up that tokenizes.
+        generates = isinstance(task, GenerationTask)
+        k = max(1, min(cfg.train.eval_batch_size, 2 if generates else 8, sizes["validation"]))
+        if not generates:
+            task.evaluate(model, "validation", cfg.train.eval_batch_size, limit=1)  # tokenizes the split: not timed
         t0 = time.perf_counter()
         task.evaluate(model, "validation", cfg.train.eval_batch_size, limit=k)
         per_example = (time.perf_counter() - t0) / k
