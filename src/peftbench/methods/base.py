@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from peftbench.errors import UserError, suggest
+from peftbench.methods.prefix_compat import generation_ready
 from peftbench.models import FAMILIES
 
 
@@ -237,7 +238,7 @@ class PeftMethod(Method):
             config.modules_to_save = sorted(set(config.modules_to_save or []) | set(ctx.head_modules))
         try:
             self.before_wrap(model, config, ctx)
-            return self.after_wrap(get_peft_model(model, config), ctx)
+            return generation_ready(self.after_wrap(get_peft_model(model, config), ctx))
         except ValueError as err:
             if "target_modules" not in str(err):
                 raise
@@ -260,7 +261,7 @@ class PeftMethod(Method):
     def load(self, model: nn.Module, src: Path) -> nn.Module:
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(model, str(src))
+        return generation_ready(PeftModel.from_pretrained(model, str(src)))
 
     def merge(self, model: nn.Module) -> nn.Module:
         super().merge(model)

@@ -1,4 +1,4 @@
-"""Prefix tuning on transformers that renamed `past_key_values` to `cache` (5.24 and later).
+"""Soft prompts on transformers that renamed `past_key_values` to `cache` (5.24 and later).
 
 peft attaches prefixes by passing `past_key_values` and decides whether a model can take them
 by reading the forward's signature. transformers 5.24 renamed the argument to `cache` (the old
@@ -7,12 +7,20 @@ refuses every sequence-classification model. Giving the model (or, where the tas
 not take a cache itself, its backbone: BERT) a forward that shows `past_key_values` and hands
 it on as `cache` lets peft use the path it always used. Checked: a padded row equals the same
 row alone, and gradients reach the prefix, on BERT, GPT-2 and Llama.
+
+Generation has the same rename: peft's prepare_inputs_for_generation looks for the cache under
+`past_key_values`, finds none at every step and so injects the virtual tokens (prompt, P-tuning)
+or a fresh prefix (which replaced the whole cache) at every decoding step: wrong text, and on
+GPT-2 a position index past its table. `generation_ready` hands peft the cache under the old name
+and the model its output under the new one (tests/test_prompt_generation.py: generated text equals
+a cache-free greedy decode through the training forward).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import types
 from typing import Any
 
 from torch import nn
@@ -60,3 +68,38 @@ def accept_prefixes(model: nn.Module) -> bool:
     prefix = getattr(model, "base_model_prefix", "")
     backbone = getattr(model, prefix, None) if prefix else None
     return isinstance(backbone, nn.Module) and _alias_cache(backbone)
+
+
+def _cache_as_past(inner: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    out = inner(*args, **kwargs)
+    if "cache" in out and PAST not in out:
+        out[PAST] = out.pop("cache")
+    return out
+
+
+def _prepare(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """peft's prepare_inputs_for_generation, seeing the cache as past_key_values; the model gets it as cache.
+    (Its parameter must be named `kwargs`: transformers then checks model kwargs against the forward.)"""
+    inner = self.base_model_prepare_inputs_for_generation
+    self.base_model_prepare_inputs_for_generation = functools.partial(_cache_as_past, inner)
+    try:
+        out = type(self).prepare_inputs_for_generation(self, *args, **kwargs)
+    finally:
+        self.base_model_prepare_inputs_for_generation = inner
+    if PAST in out:
+        cache = out.pop(PAST)
+        out["cache"] = cache if cache is not None else out.get("cache")
+    return out
+
+
+def generation_ready(model: nn.Module) -> nn.Module:
+    """A peft soft-prompt model whose generate keeps one cache (see the module's docstring); others as they are."""
+    config = getattr(model, "active_peft_config", None)
+    base = getattr(model, "get_base_model", None)
+    if not getattr(config, "is_prompt_learning", False) or base is None or "prepare_inputs_for_generation" in vars(model):
+        return model
+    if "cache" not in _params(base().forward):  # transformers before the rename: peft's own path works
+        return model
+    # A bound method, not a closure: copy.deepcopy rebinds it to the copy.
+    model.prepare_inputs_for_generation = types.MethodType(_prepare, model)
+    return model
