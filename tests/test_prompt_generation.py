@@ -68,3 +68,20 @@ def test_generated_text_follows_the_soft_prompt(tiny_models, varied_data, arch: 
     assert [generated(clone, task.codec, p) for p in picked] == got
     assert clone.prepare_inputs_for_generation.__self__ is clone
     task.codec.generate(model, picked, GEN)  # the task's own path, batched and left-padded, runs through
+
+
+@pytest.mark.parametrize("method", ["prompt", "p_tuning", "prefix", "lora"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_left_padded_row_generates_what_it_generates_alone(tiny_models, varied_data, arch: str, method: str) -> None:
+    """Batched generation pads short prompts on the left; a soft prompt's virtual tokens must then sit as close
+    to the text as in training (peft drops generate's position ids for prompt and P-tuning: we give them back)."""
+    task, model = adapted(tiny_models, varied_data, arch, method)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * (2.0 if p.requires_grad else 1.0))
+    prompts = sorted((task.codec.prompt(e.source) for e in task.splits["test"]), key=len)
+    picked = [prompts[0], prompts[len(prompts) // 2], prompts[-1]]
+    assert len(picked[0]) < len(picked[-1]), "the batch pads its shorter rows"
+    alone = [task.codec.generate(model, [p], GEN)[0] for p in picked]
+    assert task.codec.generate(model, picked, GEN) == alone

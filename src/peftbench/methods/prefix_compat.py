@@ -23,6 +23,7 @@ import inspect
 import types
 from typing import Any
 
+import torch
 from torch import nn
 
 PAST = "past_key_values"
@@ -89,7 +90,25 @@ def _prepare(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     if PAST in out:
         cache = out.pop(PAST)
         out["cache"] = cache if cache is not None else out.get("cache")
+    _positions_from_mask(self, out)
     return out
+
+
+def _positions_from_mask(model: Any, out: dict[str, Any]) -> None:
+    """Position ids from the attention mask, virtual tokens included, for prompt tuning and P-tuning on a
+    decoder: peft drops the ones generate computes, and the model then numbers a left-padded row's pads
+    as if they were text (its text sits further from the virtual tokens than in training, where rows are
+    right-padded, and its batched output differed from the same prompt alone)."""
+    mask = out.get("attention_mask")
+    if (model.active_peft_config.peft_type in ("PREFIX_TUNING", "CARTRIDGE")  # positions offset by peft itself
+            or getattr(model.get_base_model().config, "is_encoder_decoder", False)
+            or not isinstance(mask, torch.Tensor) or mask.dim() != 2):
+        return
+    step = out.get("inputs_embeds") if out.get("inputs_embeds") is not None else out.get("input_ids")
+    if step is None:
+        return
+    positions = mask.long().cumsum(-1) - 1
+    out["position_ids"] = positions.masked_fill(mask == 0, 1)[:, -step.shape[1]:]
 
 
 def generation_ready(model: nn.Module) -> nn.Module:
