@@ -13,7 +13,8 @@ Generation has the same rename: peft's prepare_inputs_for_generation looks for t
 or a fresh prefix (which replaced the whole cache) at every decoding step: wrong text, and on
 GPT-2 a position index past its table. `generation_ready` hands peft the cache under the old name
 and the model its output under the new one (tests/test_prompt_generation.py: generated text equals
-a cache-free greedy decode through the training forward).
+a cache-free greedy decode through the training forward), and gives prompt and P-tuning back the
+position ids peft drops, so that a left-padded row generates what it generates alone.
 """
 
 from __future__ import annotations
