@@ -244,6 +244,24 @@ def test_export_merges_a_generic_tuner_through_the_cli(tiny_model: str, tiny_dat
 
 
 
+def test_adaption_prompt_without_its_sizes_names_them_and_the_layer_count(tiny_models, tmp_path: Path) -> None:
+    """peft gives adapter_len and adapter_layers no default: one line naming both and how many layers there are."""
+    from conftest import write_jsonl
+    from peftbench.cli import app as cli
+    from test_generation import dialogue_rows
+
+    (tmp_path / "d").mkdir()
+    for split, n in (("train", 8), ("validation", 4), ("test", 4)):
+        write_jsonl(tmp_path / "d" / f"{split}.jsonl", dialogue_rows(n, 1))
+    res = CliRunner().invoke(cli, ["run", "--model", tiny_models("llama"), "--task", "summarization", "--data",
+                                   str(tmp_path / "d"), "-m", "adaption_prompt", "--steps", "1",
+                                   "--results-dir", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    line = res.output.strip().splitlines()[-1]
+    assert "adapter_len and adapter_layers" in line and "--param adapter_len=N" in line and "this model has 2" in line
+    assert not (tmp_path / "r" / "runs").exists() or not any((tmp_path / "r" / "runs").iterdir())
+
+
 def test_a_tuner_without_modules_to_save_refuses_a_task_head() -> None:
     with pytest.raises(UserError) as e:
         get_method("adaption_prompt")({}).check(Context("SEQ_CLS", "m", 2, family="decoder", head_modules=["score"]))

@@ -202,10 +202,23 @@ class GenericTuner(PeftMethod):
         return self.config_cls(task_type=ctx.peft_task_type, **self.peft_kwargs(self.params))
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        self.check(ctx)  # the family first: an encoder hears that it is not a decoder, not which sizes are missing
+        self._check_required(model)
         try:
             return super().apply(model, ctx)
         except (ValueError, TypeError, NotImplementedError, AttributeError, RuntimeError) as err:
             raise self._refusal(model, err) from None
+
+    def _check_required(self, model: nn.Module) -> None:
+        """peft's AdaptionPromptConfig has no defaults for its sizes (it then fails comparing int and None)."""
+        if self.peft_name != "adaption_prompt":
+            return
+        missing = [k for k in ("adapter_len", "adapter_layers") if getattr(self.params, k, None) is None]
+        if missing:
+            layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+            raise UserError(f"adaption_prompt needs {' and '.join(missing)}: pass --param adapter_len=N (adapter tokens "
+                            "per layer; LLaMA-Adapter used 10) --param adapter_layers=N (top layers to adapt"
+                            + (f"; this model has {layers})" if layers else ")"))
 
     def _refusal(self, model: nn.Module, err: Exception) -> UserError:
         """peft's failure to build this tuner on this model, as one line with the fix."""
