@@ -272,3 +272,31 @@ def test_the_report_shows_latency_with_its_spread_and_marks_a_busy_machine(tiny_
     assert ("note: * latency of bitfit was timed on a busy machine (at worst other work kept 1.6 of 2 cores busy "
                     "beside 2 threads): slower and more spread than on an idle one; to quote it, rerun those runs with "
                     "--force when the machine is idle") in flat, res.stdout
+
+
+def test_the_report_marks_latency_that_stopped_on_its_time_budget(tiny_model: str, tiny_data: Path, tmp_path: Path) -> None:
+    """A run whose latency series ran out of measure.latency_seconds: † in the table and a note saying how to time longer."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from peftbench.cli import app
+    from peftbench.store import Store
+
+    results = tmp_path / "r"
+    common = ["--model", tiny_model, "--data", str(tiny_data), "--max-length", "32", "--batch-size", "8",
+              "--eval-batch-size", "16", "--steps", "2", "--samples", "0", "--results-dir", str(results)]
+    (tmp_path / "short.yaml").write_text(yaml.safe_dump({"measure": {"latency_seconds": 1e-9}}))
+    for method, extra in (("lora", []), ("bitfit", ["--config", str(tmp_path / "short.yaml")])):
+        res = CliRunner().invoke(app, ["run", *common, "-m", method, *extra])
+        assert res.exit_code == 0, res.output
+    with Store(results) as store:
+        stopped = {r.method: r.result["costs"]["latency"]["stopped"] for r in store.list()}
+    assert stopped["bitfit"] == {"b1": "time", "bN": "time"} and "time" not in stopped["lora"].values(), stopped
+    res = CliRunner().invoke(app, ["report", "--results-dir", str(results)], terminal_width=250)
+    assert res.exit_code == 0, res.output
+    rows = {line.split()[1]: line for line in res.stdout.splitlines() if line.split()[1:2] in (["lora"], ["bitfit"])
+            and "IQR" in line}
+    assert "†" in rows["bitfit"] and "†" not in rows["lora"], res.stdout
+    flat = " ".join(res.stdout.split())
+    assert ("note: † latency of bitfit stopped on its time budget (measure.latency_seconds) after as few as 3 timed "
+            "repeats, before the median's 95% interval was within ±5%; raise measure.latency_seconds to time it longer") in flat

@@ -271,6 +271,8 @@ def caveats(rows: list[RunRow]) -> list[str]:
             notes.append(f"Runs compared across {package} versions: {counts}; differences may come from the versions")
     if note := busy_latency_note(rows):
         notes.append(note)
+    if note := short_latency_note(rows):
+        notes.append(note)
     gone = [r.run_id for r in rows if not r.folder.is_dir()]
     if gone:
         notes.append(f"{len(gone)} run folder(s) deleted ({', '.join(gone[:5])}{', …' if len(gone) > 5 else ''}): "
@@ -289,6 +291,15 @@ def busy_latency_note(rows: list[RunRow]) -> str | None:
             if worst.get("other_load") is not None else f"load average {worst.get('load_average')} on {worst.get('cores')} cores")
     return (f"* latency of {methods} was timed on a busy machine (at worst {load}): slower and more spread than on an "
             "idle one; to quote it, rerun those runs with --force when the machine is idle")
+
+
+def short_latency_note(rows: list[RunRow]) -> str | None:
+    """Runs whose latency stopped on its time budget (measure.latency_seconds) with a wide interval: the † in tables."""
+    short = sorted({r.method for r in rows if (lat := result_of(r).costs.latency) and lat.timed_short})
+    if not short:
+        return None
+    return (f"† latency of {', '.join(short)} stopped on its time budget (measure.latency_seconds) after as few as 3 "
+            "timed repeats, before the median's 95% interval was within ±5%; raise measure.latency_seconds to time it longer")
 
 
 def aggregate(results_dir: str | Path, resamples: int = 1000, confidence: float = 0.95,

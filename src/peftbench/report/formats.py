@@ -121,13 +121,14 @@ def cost_columns(section: Section, ci: bool = True) -> list[Column]:
 
 def latency_text(c: Cell, ci: bool = True) -> str:
     """Batch-1 latency: the median (mean over seeds), with the timed repeats' interquartile range
-    (first and third quartiles, means over seeds), and * where it was timed on a busy machine."""
+    (first and third quartiles, means over seeds), * where it was timed on a busy machine and † where it
+    stopped on its time budget before its interval was met."""
     text = cost_text(c.costs.get("latency.b1_ms"), "ms", ci)
     q1, q3 = c.costs.get("latency.b1_q1_ms"), c.costs.get("latency.b1_q3_ms")
     if q1 is not None and q3 is not None:
         text += f" (IQR {num(q1.mean)}–{num(q3.mean, 'ms')})"
-    busy = any(r.run_result and r.run_result.costs.latency and r.run_result.costs.latency.busy for r in c.runs)
-    return text + " *" if busy else text
+    lats = [r.run_result.costs.latency for r in c.runs if r.run_result and r.run_result.costs.latency]
+    return text + " *" * any(lat.busy for lat in lats) + " †" * any(lat.timed_short for lat in lats)
 
 
 BASELINE_NAMES = {"majority": "(majority class)", "chance": "(uniform chance)"}

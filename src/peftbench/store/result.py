@@ -77,6 +77,11 @@ class Latency:
     def busy(self) -> bool:
         return bool(self.machine and self.machine.get("busy"))
 
+    @property
+    def timed_short(self) -> bool:
+        """A series stopped on measure.latency_seconds before its median's interval got within +-5%."""
+        return bool(self.stopped and "time" in self.stopped.values())
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"b1_ms": self.b1_ms, "bN_ms": self.bN_ms, "batch": self.batch, "throughput": self.throughput}
         if self.merged is not None:
