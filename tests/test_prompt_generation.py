@@ -48,15 +48,20 @@ def generated(model, codec, prompt: list[int]) -> list[int]:
     return new[: new.index(codec.tok.eos_token_id)] if codec.tok.eos_token_id in new else new
 
 
-@pytest.mark.parametrize("method", ["prompt", "p_tuning", "prefix"])
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "t5", "bart"])
-def test_generated_text_follows_the_soft_prompt(tiny_models, varied_data, arch: str, method: str) -> None:
-    task, model = adapted(tiny_models, varied_data, arch, method)
+def perturbed(tiny_models, data, arch: str, method: str):
+    """The adapted tiny model, weights shaken so that its output depends on its input, and the test prompts by length."""
+    task, model = adapted(tiny_models, data, arch, method)
     torch.manual_seed(0)
     with torch.no_grad():  # tiny random models repeat one token whatever the input: make the input matter
         for p in model.parameters():
             p.add_(torch.randn_like(p) * (2.0 if p.requires_grad else 1.0))
-    prompts = sorted((task.codec.prompt(e.source) for e in task.splits["test"]), key=len)
+    return task, model, sorted((task.codec.prompt(e.source) for e in task.splits["test"]), key=len)
+
+
+@pytest.mark.parametrize("method", ["prompt", "p_tuning", "prefix"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "t5", "bart"])
+def test_generated_text_follows_the_soft_prompt(tiny_models, varied_data, arch: str, method: str) -> None:
+    task, model, prompts = perturbed(tiny_models, varied_data, arch, method)
     picked = [prompts[0], prompts[-1]]  # the shortest and the longest (GPT-2 failed past ~40 tokens)
     got = [generated(model, task.codec, p) for p in picked]
     assert got == [reference(model, task.codec, p, task.codec.seq2seq) for p in picked]
@@ -75,12 +80,7 @@ def test_generated_text_follows_the_soft_prompt(tiny_models, varied_data, arch: 
 def test_a_left_padded_row_generates_what_it_generates_alone(tiny_models, varied_data, arch: str, method: str) -> None:
     """Batched generation pads short prompts on the left; a soft prompt's virtual tokens must then sit as close
     to the text as in training (peft drops generate's position ids for prompt and P-tuning: we give them back)."""
-    task, model = adapted(tiny_models, varied_data, arch, method)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * (2.0 if p.requires_grad else 1.0))
-    prompts = sorted((task.codec.prompt(e.source) for e in task.splits["test"]), key=len)
+    task, model, prompts = perturbed(tiny_models, varied_data, arch, method)
     picked = [prompts[0], prompts[len(prompts) // 2], prompts[-1]]
     assert len(picked[0]) < len(picked[-1]), "the batch pads its shorter rows"
     alone = [task.codec.generate(model, [p], GEN)[0] for p in picked]

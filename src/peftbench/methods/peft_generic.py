@@ -202,18 +202,16 @@ class GenericTuner(PeftMethod):
         return self.config_cls(task_type=ctx.peft_task_type, **self.peft_kwargs(self.params))
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
-        self.check(ctx)  # the family first: an encoder hears that it is not a decoder, not which sizes are missing
-        self._check_required(model)
         try:
             return super().apply(model, ctx)
         except (ValueError, TypeError, NotImplementedError, AttributeError, RuntimeError) as err:
             raise self._refusal(model, err) from None
 
-    def _check_required(self, model: nn.Module) -> None:
-        """peft's AdaptionPromptConfig has no defaults for its sizes (it then fails comparing int and None)."""
-        if self.peft_name != "adaption_prompt":
-            return
-        missing = [k for k in ("adapter_len", "adapter_layers") if getattr(self.params, k, None) is None]
+    def before_wrap(self, model: nn.Module, config: Any, ctx: Context) -> None:
+        """peft's AdaptionPromptConfig has no defaults for its sizes (it then fails comparing int and None).
+        Here, after apply's family check, so an encoder hears that it is not a decoder."""
+        missing = [k for k in ("adapter_len", "adapter_layers") if self.peft_name == "adaption_prompt"
+                   and getattr(config, k, None) is None]
         if missing:
             layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
             raise UserError(f"adaption_prompt needs {' and '.join(missing)}: pass --param adapter_len=N (adapter tokens "
