@@ -558,3 +558,15 @@ def test_param_value_that_is_not_valid_yaml(good: list[str], res: Path) -> None:
 
 def test_flag_of_the_wrong_type(good: list[str], res: Path) -> None:
     assert_refused(invoke(*set_flag(good, "--steps", "two")), "--steps", "integer", "--help", results_dir=res)
+
+
+@pytest.mark.parametrize("args", [[], ["cache"], ["results", "--help"]])
+def test_a_command_group_without_a_command_prints_its_help_and_no_empty_error(args: list[str]) -> None:
+    r = invoke(*args)
+    assert r.exit_code == 0, f"exit {r.exit_code}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
+    assert "Usage:" in r.stdout and "Commands" in r.stdout
+    assert "error" not in r.stderr
+
+
+def test_a_missing_argument_is_still_one_line_exit_2() -> None:
+    assert_refused(invoke("results", "show"), "missing argument", "results show --help")

@@ -12,9 +12,9 @@ import typer
 import typer.core
 
 try:  # typer >= 0.20 bundles its own copy of click
-    from typer._click.exceptions import UsageError
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
 except ImportError:  # pragma: no cover
-    from click.exceptions import UsageError
+    from click.exceptions import NoArgsIsHelpError, UsageError
 from rich.console import Console
 from rich.text import Text
 
@@ -38,6 +38,8 @@ class OneLineErrors(typer.core.TyperGroup):
         kwargs["standalone_mode"] = False
         try:
             rv = super().main(*args, **kwargs)
+        except NoArgsIsHelpError:  # `peftbench`, `peftbench cache`: the help is printed, and is the answer
+            raise SystemExit(0) from None
         except UsageError as e:
             where = f"; see: {e.ctx.command_path} --help" if e.ctx else ""
             say_error(f"{e.format_message().rstrip('.')}{where}")
