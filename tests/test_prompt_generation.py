@@ -48,9 +48,9 @@ def generated(model, codec, prompt: list[int]) -> list[int]:
     return new[: new.index(codec.tok.eos_token_id)] if codec.tok.eos_token_id in new else new
 
 
-def perturbed(tiny_models, data, arch: str, method: str):
+def perturbed(tiny_models, data, arch: str, method: str, **params):
     """The adapted tiny model, weights shaken so that its output depends on its input, and the test prompts by length."""
-    task, model = adapted(tiny_models, data, arch, method)
+    task, model = adapted(tiny_models, data, arch, method, **params)
     torch.manual_seed(0)
     with torch.no_grad():  # tiny random models repeat one token whatever the input: make the input matter
         for p in model.parameters():

@@ -28,7 +28,7 @@ from peftbench.tasks.base import PREDICT, Batch, ColumnRole, EvalResult, Progres
 from peftbench.tasks.families import LM_FAMILIES
 from peftbench.tasks.sources import SPLITS, load_splits
 from peftbench.tasks.text import endless_batches, fit_max_length, load_text_model_config, pad, position_limit, special_affixes
-from peftbench.train import lm_loss, packing
+from peftbench.train import lm_loss, packing, prefill_loss
 
 
 class PairCodec:
@@ -94,8 +94,27 @@ class PairCodec:
 
     def generate(self, model: nn.Module, prompts: list[list[int]], gen: GenerationSpec, flops: Any = None,
                  max_new_tokens: int | None = None) -> list[str]:
+        return self._generate(model, self._prompt_batch(model, prompts), gen, flops, max_new_tokens)
+
+    def generate_scored(self, model: nn.Module, prompts: list[list[int]], targets: list[list[int]], gen: GenerationSpec,
+                        flops: Any = None) -> tuple[list[str], tuple[torch.Tensor, torch.Tensor] | None]:
+        """Generated text, and each target's teacher-forced (summed NLL, token count) after its prompt, taken
+        from generate's own prefill where that applies (train/prefill_loss.py); None: run the loss pass apart."""
+        batch = self._prompt_batch(model, prompts)
+        share = not self.seq2seq and prefill_loss.applies(model, gen.num_beams)
+        with prefill_loss.capture(model, batch["input_ids"].shape[1], share) as prefill:
+            texts = self._generate(model, batch, gen, flops, None)
+        if not prefill.ready:
+            return texts, None
+        return texts, prefill_loss.target_nll(model, prefill, batch["attention_mask"], targets, self.tok.pad_token_id,
+                                              metered(flops))
+
+    def _prompt_batch(self, model: nn.Module, prompts: list[list[int]]) -> Batch:
         device = next(model.parameters()).device
-        batch = {k: v.to(device) for k, v in self.collate([{"input_ids": p} for p in prompts], left=not self.seq2seq).items()}
+        return {k: v.to(device) for k, v in self.collate([{"input_ids": p} for p in prompts], left=not self.seq2seq).items()}
+
+    def _generate(self, model: nn.Module, batch: Batch, gen: GenerationSpec, flops: Any,
+                  max_new_tokens: int | None) -> list[str]:
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new_tokens or gen.max_new_tokens, "num_beams": gen.num_beams, "do_sample": gen.do_sample,
             "no_repeat_ngram_size": gen.no_repeat_ngram_size,
@@ -220,11 +239,19 @@ class GenerationTask(Task):
         loss_sum, preds = 0.0, [""] * len(examples)
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
-            if score:  # the teacher-forced loss: a pass of its own, not part of predicting
+            batch_prompts = [prompts[j] for j in idx]
+            # rows hold prompt + target: the target's loss can come from generation's own prefill
+            shared = score and not self.codec.seq2seq and all(rows[j]["input_ids"][: len(prompts[j])] == prompts[j] for j in idx)
+            texts, scored = (self.codec.generate_scored(model, batch_prompts, [rows[j]["input_ids"][len(prompts[j]) :] for j in idx],
+                                                        self.spec.generation, meter) if shared else
+                             (self.codec.generate(model, batch_prompts, self.spec.generation, meter), None))
+            if scored is not None:
+                loss_sum += float(scored[0] / scored[1]) * len(idx)
+            elif score:  # the teacher-forced loss: a pass of its own
                 batch = {k: v.to(device) for k, v in self.codec.collate([rows[j] for j in idx]).items()}
                 with meter.count(batch):
                     loss_sum += float(lm_loss.loss(model, batch)) * len(idx)
-            for j, text in zip(idx, self.codec.generate(model, [prompts[j] for j in idx], self.spec.generation, meter)):
+            for j, text in zip(idx, texts):
                 preds[j] = text
             if progress:
                 progress(i + len(idx), len(examples))

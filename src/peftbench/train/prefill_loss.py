@@ -1,0 +1,145 @@
+"""A decoder's teacher-forced loss from `generate`'s own prefill: the prompts run once, not twice.
+
+Evaluation generates from each prompt and reports the teacher-forced loss of the target after it.
+Run apart, the loss pass reads prompt + target and generation's prefill reads the prompt again: for
+long sources (DialogSum) the prompts are most of both passes. Here a hook keeps what the prefill made,
+its key/value cache and its last logits (which score the target's first token), and after `generate`
+the targets alone run on top of that cache. Generation itself runs exactly as without the hook, so the
+generated text is unchanged; the loss is the same quantity, computed in other shapes (equal within
+float rounding: tests/test_prefill_loss.py).
+
+Only where that is sound: a decoder-only model with a plain full-attention cache (DynamicLayer: a
+sliding window or a static cache is not a prefix to extend), greedy or sampled decoding (beam search
+expands the rows before the prefill), no prompt learning (peft injects virtual tokens or a prefix
+cache itself), and a prefill that read the whole prompt batch in one forward. Elsewhere `capture`
+yields a Prefill that is never `ready`, and the caller runs the loss pass of its own.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peftbench.train import lm_loss
+
+
+@dataclass
+class Prefill:
+    """What the first forward of one `generate` call made: per layer (keys, values), and its last logits."""
+
+    width: int  # the prompt batch's padded width the prefill must have read
+    kv: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    last_logits: torch.Tensor | None = None  # [rows, vocab], fp32
+    seen: bool = False  # the first forward happened (whether or not it could be kept)
+
+    @property
+    def ready(self) -> bool:
+        return self.last_logits is not None
+
+
+def applies(model: nn.Module, num_beams: int) -> bool:
+    """Whether the loss can come from generate's prefill for this model (the module docstring's conditions)."""
+    base = lm_loss.base_model(model)
+    if getattr(base.config, "is_encoder_decoder", False) or num_beams != 1:
+        return False
+    config = getattr(model, "active_peft_config", None)
+    if config is not None and getattr(config, "is_prompt_learning", False):
+        return False
+    return lm_loss.lm_head(model, wrapped=True) is not None and _cache_arg(base) is not None
+
+
+def _cache_arg(base: nn.Module) -> str | None:
+    params = inspect.signature(base.forward).parameters
+    return next((n for n in ("cache", "past_key_values") if n in params), None)  # renamed in transformers 5.24
+
+
+def _output_cache(output: Any) -> Any:
+    return getattr(output, "cache", None) or getattr(output, "past_key_values", None)
+
+
+@contextmanager
+def capture(model: nn.Module, width: int, enabled: bool) -> Iterator[Prefill]:
+    """Around one `generate` call: keeps the first forward's cache tensors and last logits when they
+    cover the whole prompt batch (`width` positions) with full-attention layers. The tensors are
+    references: a DynamicLayer's update concatenates into new tensors, leaving these as they were."""
+    from transformers.cache_utils import DynamicLayer
+
+    found = Prefill(width)
+    if not enabled:
+        yield found
+        return
+
+    def keep(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        if found.seen:
+            return
+        found.seen = True
+        cache, ids = _output_cache(output), kwargs.get("input_ids")
+        layers = getattr(cache, "layers", None)
+        if not layers or ids is None or ids.shape[1] != width or any(type(layer) is not DynamicLayer for layer in layers):
+            return
+        kv = [(layer.keys, layer.values) for layer in layers]
+        if any(k.dim() != 4 or k.shape[-2] != width for k, _ in kv):
+            return
+        found.kv, found.last_logits = kv, output.logits[:, -1].float()
+
+    hook = lm_loss.base_model(model).register_forward_hook(keep, with_kwargs=True)
+    try:
+        yield found
+    finally:
+        hook.remove()
+
+
+def _cache_of(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """A DynamicCache over these tensors, without copying them (its constructor would concatenate)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    cache = DynamicCache()
+    for k, v in kv:
+        layer = DynamicLayer()
+        layer.lazy_initialization(k, v)
+        layer.keys, layer.values = k, v
+        cache.layers.append(layer)
+    return cache
+
+
+def target_nll(model: nn.Module, prefill: Prefill, prompt_mask: torch.Tensor, targets: list[list[int]],
+               pad_id: int, meter: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed NLL of every target token, their count): each row's target read after its prompt's cache.
+
+    The prefill's last logits score each target's first token; the targets, right-padded after the
+    left-padded prompts, score the rest. Rows run in groups of at most EVAL_POSITIONS cached + new
+    positions, as the loss pass's do; the meter counts each group's forward by its shape."""
+    from peftbench.tasks.text import pad
+
+    assert prefill.ready and prefill.last_logits is not None
+    base, head, _ = lm_loss.lm_head(model, wrapped=True) or (None, None, None)
+    assert base is not None and head is not None
+    device = prompt_mask.device
+    ids, labels = pad(targets, pad_id).to(device), pad(targets, lm_loss.IGNORE).to(device)
+    new_mask = pad([[1] * len(t) for t in targets], 0).to(device=device, dtype=prompt_mask.dtype)
+    rows, width = ids.shape
+    first = labels[:, 0]
+    lse = prefill.last_logits.logsumexp(-1)
+    total = (lse - prefill.last_logits.gather(1, first.clamp(min=0)[:, None]).squeeze(1))[first != lm_loss.IGNORE].sum()
+    step = max(1, lm_loss.EVAL_POSITIONS // (prompt_mask.shape[1] + width))
+    arg = _cache_arg(base)
+    for s in range(0, rows, step):
+        part = slice(s, s + step)
+        inputs = {"input_ids": ids[part], "attention_mask": torch.cat([prompt_mask[part], new_mask[part]], 1),
+                  "position_ids": prompt_mask[part].sum(1, keepdim=True) + torch.arange(width, device=device)}
+        with meter.count({**inputs, "labels": labels[part]}):
+            with lm_loss._headless(base, head) as extra_bias:
+                hidden = model(**inputs, **{arg: _cache_of([(k[part], v[part]) for k, v in prefill.kv])},
+                               use_cache=True).logits.flatten(0, 1)
+            project = lm_loss._projection(head, extra_bias)
+            y = F.pad(labels[part, 1:], (0, 1), value=lm_loss.IGNORE).flatten()  # position t predicts t + 1
+            for c in range(0, len(y), lm_loss.CHUNK):
+                total = total + lm_loss._chunk_nll(project(hidden[c : c + lm_loss.CHUNK]), y[c : c + lm_loss.CHUNK])[2].sum()
+    return total, (labels != lm_loss.IGNORE).sum()
