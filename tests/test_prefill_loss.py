@@ -29,7 +29,8 @@ def evaluated(task, model, monkeypatch, share: bool, batch: int = 5) -> tuple[di
 PLAIN = [("gpt2", "base", {}), ("gpt2", "lora", {}), ("gpt2", "ia3", {}), ("gpt2", "full", {}),
          ("llama", "base", {}), ("llama", "lora", {}), ("llama", "full", {}),
          ("llama", "lora", {"target_modules": ["q_proj", "v_proj", "lm_head"]}),  # a peft-wrapped head
-         ("llama", "adaption_prompt", {"adapter_len": 3, "adapter_layers": 1})]
+         ("llama", "adaption_prompt", {"adapter_len": 3, "adapter_layers": 1}),
+         ("t5", "base", {}), ("t5", "lora", {}), ("bart", "base", {}), ("bart", "ia3", {})]
 
 
 @pytest.mark.parametrize(("arch", "method", "params"), PLAIN, ids=[f"{a}-{m}{'-head' if 'lm_head' in str(p) else ''}"
@@ -57,19 +58,27 @@ def test_rows_in_groups_give_the_same_loss(tiny_models, varied_data, monkeypatch
 
 
 @pytest.mark.parametrize(("arch", "method"), [("gpt2", "prompt"), ("llama", "p_tuning"), ("gpt2", "prefix"),
-                                              ("t5", "lora"), ("bart", "base")])
-def test_soft_prompts_and_seq2seq_models_run_the_loss_pass(tiny_models, varied_data, monkeypatch, arch: str, method: str) -> None:
+                                              ("t5", "prompt"), ("bart", "prefix")])
+def test_soft_prompts_run_the_loss_pass(tiny_models, varied_data, monkeypatch, arch: str, method: str) -> None:
     task, model, _ = perturbed(tiny_models, varied_data, arch, method)
     assert not prefill_loss.applies(model, 1)
     assert evaluated(task, model, monkeypatch, share=True)[3] == 3
 
 
-def test_beam_search_runs_the_loss_pass(tiny_models, varied_data, monkeypatch) -> None:
+def test_beam_search_runs_a_decoders_loss_pass(tiny_models, varied_data, monkeypatch) -> None:
     task, model, _ = perturbed(tiny_models, varied_data, "llama", "lora")
     assert prefill_loss.applies(model, 1) and not prefill_loss.applies(model, 2)
     task.spec.generation = GenerationSpec(num_beams=2, max_new_tokens=4)
     metrics, _, _, passes = evaluated(task, model, monkeypatch, share=True)
     assert passes == 3 and metrics["loss"] > 0
+
+
+def test_a_seq2seq_model_shares_its_encoder_under_beam_search_too(tiny_models, varied_data, monkeypatch) -> None:
+    task, model, _ = perturbed(tiny_models, varied_data, "t5", "lora")
+    task.spec.generation = GenerationSpec(num_beams=2, max_new_tokens=4)
+    shared, shared_preds, _, passes = evaluated(task, model, monkeypatch, share=True)
+    apart, apart_preds, _, _ = evaluated(task, model, monkeypatch, share=False)
+    assert passes == 0 and shared_preds == apart_preds and shared["loss"] == pytest.approx(apart["loss"], rel=1e-5)
 
 
 def test_a_prefill_that_did_not_read_the_whole_batch_is_not_used(tiny_models, varied_data) -> None:

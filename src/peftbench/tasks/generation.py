@@ -84,6 +84,11 @@ class PairCodec:
             return {"input_ids": p, "labels": t}
         return {"input_ids": p + t, "labels": [-100] * len(p) + t}
 
+    def split_row(self, row: dict[str, list[int]]) -> tuple[list[int], list[int]]:
+        """A train_row's (prompt, target)."""
+        target = [t for t in row["labels"] if t != lm_loss.IGNORE]
+        return (row["input_ids"] if self.seq2seq else row["input_ids"][: len(row["input_ids"]) - len(target)]), target
+
     def collate(self, rows: list[dict[str, list[int]]], left: bool = False) -> Batch:
         """Pad to a multiple of 8 (few shapes for the FLOP cache); labels pad with -100."""
         ids = [r["input_ids"] for r in rows]
@@ -101,7 +106,7 @@ class PairCodec:
         """Generated text, and each target's teacher-forced (summed NLL, token count) after its prompt, taken
         from generate's own prefill where that applies (train/prefill_loss.py); None: run the loss pass apart."""
         batch = self._prompt_batch(model, prompts)
-        share = not self.seq2seq and prefill_loss.applies(model, gen.num_beams)
+        share = prefill_loss.applies(model, gen.num_beams)
         with prefill_loss.capture(model, batch["input_ids"].shape[1], share) as prefill:
             texts = self._generate(model, batch, gen, flops, None)
         if not prefill.ready:
@@ -240,11 +245,11 @@ class GenerationTask(Task):
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
             batch_prompts = [prompts[j] for j in idx]
-            # rows hold prompt + target: the target's loss can come from generation's own prefill
-            shared = score and not self.codec.seq2seq and all(rows[j]["input_ids"][: len(prompts[j])] == prompts[j] for j in idx)
-            texts, scored = (self.codec.generate_scored(model, batch_prompts, [rows[j]["input_ids"][len(prompts[j]) :] for j in idx],
-                                                        self.spec.generation, meter) if shared else
-                             (self.codec.generate(model, batch_prompts, self.spec.generation, meter), None))
+            # rows hold prompt and target: the target's loss can come from generation's own prefill
+            parts = [self.codec.split_row(rows[j]) for j in idx]
+            shared = score and all(p == prompts[j] for (p, _), j in zip(parts, idx))
+            texts, scored = (self.codec.generate_scored(model, batch_prompts, [t for _, t in parts], self.spec.generation, meter)
+                             if shared else (self.codec.generate(model, batch_prompts, self.spec.generation, meter), None))
             if scored is not None:
                 loss_sum += float(scored[0] / scored[1]) * len(idx)
             elif score:  # the teacher-forced loss: a pass of its own

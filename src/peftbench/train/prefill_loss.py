@@ -1,4 +1,4 @@
-"""A decoder's teacher-forced loss from `generate`'s own prefill: the prompts run once, not twice.
+"""The teacher-forced loss from `generate`'s own prefill: the prompts run once, not twice.
 
 Evaluation generates from each prompt and reports the teacher-forced loss of the target after it.
 Run apart, the loss pass reads prompt + target and generation's prefill reads the prompt again: for
@@ -8,10 +8,14 @@ the targets alone run on top of that cache. Generation itself runs exactly as wi
 generated text is unchanged; the loss is the same quantity, computed in other shapes (equal within
 float rounding: tests/test_prefill_loss.py).
 
-Only where that is sound: a decoder-only model with a plain full-attention cache (DynamicLayer: a
-sliding window or a static cache is not a prefix to extend), greedy or sampled decoding (beam search
-expands the rows before the prefill), no prompt learning (peft injects virtual tokens or a prefix
-cache itself), and a prefill that read the whole prompt batch in one forward. Elsewhere `capture`
+A seq2seq model's prefill is its encoder: the hook keeps the encoder's output for the prompt batch
+and the loss pass runs the decoder alone on it (any number of beams: generate encodes before it
+expands the rows).
+
+Only where that is sound: no prompt learning (peft injects virtual tokens or a prefix cache itself), a
+prefill that read the whole prompt batch in one forward, and for a decoder-only model a plain
+full-attention cache (DynamicLayer: a sliding window or a static cache is not a prefix to extend) and
+greedy or sampled decoding (beam search expands the rows before the prefill). Elsewhere `capture`
 yields a Prefill that is never `ready`, and the caller runs the loss pass of its own.
 """
 
@@ -37,22 +41,24 @@ class Prefill:
     width: int  # the prompt batch's padded width the prefill must have read
     kv: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     last_logits: torch.Tensor | None = None  # [rows, vocab], fp32
+    encoded: torch.Tensor | None = None  # seq2seq: the encoder's last hidden state [rows, width, hidden]
     seen: bool = False  # the first forward happened (whether or not it could be kept)
 
     @property
     def ready(self) -> bool:
-        return self.last_logits is not None
+        return self.last_logits is not None or self.encoded is not None
 
 
 def applies(model: nn.Module, num_beams: int) -> bool:
     """Whether the loss can come from generate's prefill for this model (the module docstring's conditions)."""
     base = lm_loss.base_model(model)
-    if getattr(base.config, "is_encoder_decoder", False) or num_beams != 1:
+    seq2seq = getattr(base.config, "is_encoder_decoder", False)
+    if (not seq2seq and num_beams != 1) or (seq2seq and not hasattr(base, "get_encoder")):
         return False
     config = getattr(model, "active_peft_config", None)
     if config is not None and getattr(config, "is_prompt_learning", False):
         return False
-    return lm_loss.lm_head(model, wrapped=True) is not None and _cache_arg(base) is not None
+    return lm_loss.lm_head(model, wrapped=True) is not None and (seq2seq or _cache_arg(base) is not None)
 
 
 def _cache_arg(base: nn.Module) -> str | None:
@@ -80,16 +86,23 @@ def capture(model: nn.Module, width: int, enabled: bool) -> Iterator[Prefill]:
         if found.seen:
             return
         found.seen = True
-        cache, ids = _output_cache(output), kwargs.get("input_ids")
-        layers = getattr(cache, "layers", None)
-        if not layers or ids is None or ids.shape[1] != width or any(type(layer) is not DynamicLayer for layer in layers):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None or ids.shape[1] != width:
+            return
+        if seq2seq:
+            found.encoded = output.last_hidden_state
+            return
+        layers = getattr(_output_cache(output), "layers", None)
+        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
             return
         kv = [(layer.keys, layer.values) for layer in layers]
         if any(k.dim() != 4 or k.shape[-2] != width for k, _ in kv):
             return
         found.kv, found.last_logits = kv, output.logits[:, -1].float()
 
-    hook = lm_loss.base_model(model).register_forward_hook(keep, with_kwargs=True)
+    base = lm_loss.base_model(model)
+    seq2seq = bool(getattr(base.config, "is_encoder_decoder", False))
+    hook = (base.get_encoder() if seq2seq else base).register_forward_hook(keep, with_kwargs=True)
     try:
         yield found
     finally:
@@ -118,9 +131,14 @@ def target_nll(model: nn.Module, prefill: Prefill, prompt_mask: torch.Tensor, ta
     positions, as the loss pass's do; the meter counts each group's forward by its shape."""
     from peftbench.tasks.text import pad
 
-    assert prefill.ready and prefill.last_logits is not None
-    base, head, _ = lm_loss.lm_head(model, wrapped=True) or (None, None, None)
-    assert base is not None and head is not None
+    assert prefill.ready
+    found = lm_loss.lm_head(model, wrapped=True)
+    assert found is not None
+    if prefill.encoded is not None:
+        return _decoder_nll(model, prefill.encoded, prompt_mask, pad(targets, lm_loss.IGNORE).to(prompt_mask.device),
+                            found, meter)
+    assert prefill.last_logits is not None
+    base, head, _ = found
     device = prompt_mask.device
     ids, labels = pad(targets, pad_id).to(device), pad(targets, lm_loss.IGNORE).to(device)
     new_mask = pad([[1] * len(t) for t in targets], 0).to(device=device, dtype=prompt_mask.dtype)
@@ -142,4 +160,23 @@ def target_nll(model: nn.Module, prefill: Prefill, prompt_mask: torch.Tensor, ta
             y = F.pad(labels[part, 1:], (0, 1), value=lm_loss.IGNORE).flatten()  # position t predicts t + 1
             for c in range(0, len(y), lm_loss.CHUNK):
                 total = total + lm_loss._chunk_nll(project(hidden[c : c + lm_loss.CHUNK]), y[c : c + lm_loss.CHUNK])[2].sum()
+    return total, (labels != lm_loss.IGNORE).sum()
+
+
+def _decoder_nll(model: nn.Module, encoded: torch.Tensor, prompt_mask: torch.Tensor, labels: torch.Tensor,
+                 found: tuple[nn.Module, nn.Module, bool], meter: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seq2seq model's target NLL from its encoder's output: the decoder alone, rows grouped as the loss pass's."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    total = torch.zeros((), device=labels.device)
+    step = max(1, lm_loss.EVAL_POSITIONS // prompt_mask.shape[1])  # lm_loss.row_groups over the prompt batch
+    for s in range(0, labels.shape[0], step):
+        part = slice(s, s + step)
+        inputs = {"attention_mask": prompt_mask[part], "labels": labels[part]}
+        with meter.count(inputs):
+            hidden, flat, extra_bias = lm_loss.hidden_states(
+                model, {**inputs, "encoder_outputs": BaseModelOutput(last_hidden_state=encoded[part])}, labels[part], found)
+            project = lm_loss._projection(found[1], extra_bias)
+            for c in range(0, len(flat), lm_loss.CHUNK):
+                total = total + lm_loss._chunk_nll(project(hidden[c : c + lm_loss.CHUNK]), flat[c : c + lm_loss.CHUNK])[2].sum()
     return total, (labels != lm_loss.IGNORE).sum()
