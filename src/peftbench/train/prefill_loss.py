@@ -124,7 +124,8 @@ def _cache_of(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
 
 def target_nll(model: nn.Module, prefill: Prefill, prompt_mask: torch.Tensor, targets: list[list[int]],
                pad_id: int, meter: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed NLL of every target token, their count): each row's target read after its prompt's cache.
+    """(summed NLL of every target token, their count): each row's target read after its prompt's cache
+    (a seq2seq model: its decoder on the kept encoder output).
 
     The prefill's last logits score each target's first token; the targets, right-padded after the
     left-padded prompts, score the rest. Rows run in groups of at most EVAL_POSITIONS cached + new
