@@ -30,6 +30,7 @@ PLAIN = [("gpt2", "base", {}), ("gpt2", "lora", {}), ("gpt2", "ia3", {}), ("gpt2
          ("llama", "base", {}), ("llama", "lora", {}), ("llama", "full", {}),
          ("llama", "lora", {"target_modules": ["q_proj", "v_proj", "lm_head"]}),  # a peft-wrapped head
          ("llama", "adaption_prompt", {"adapter_len": 3, "adapter_layers": 1}),
+         ("gpt2", "few_shot", {"k": 1}),  # demonstrations in every prompt (and in the rows scored)
          ("t5", "base", {}), ("t5", "lora", {}), ("bart", "base", {}), ("bart", "ia3", {})]
 
 
@@ -39,6 +40,9 @@ def test_the_loss_from_the_prefill_equals_a_loss_pass_and_the_text_is_unchanged(
     tiny_models, varied_data, monkeypatch, arch: str, method: str, params: dict
 ) -> None:
     task, model, _ = perturbed(tiny_models, varied_data, arch, method, **params)
+    if method == "few_shot":  # what the runner's method.prepare_task does
+        task.demonstrate(params["k"], 0)
+        assert task.codec.demos
     shared, shared_preds, shared_flops, shared_passes = evaluated(task, model, monkeypatch, share=True)
     apart, apart_preds, apart_flops, apart_passes = evaluated(task, model, monkeypatch, share=False)
     assert (shared_passes, apart_passes) == (0, 3)  # 12 examples in batches of 5: no loss pass when shared
