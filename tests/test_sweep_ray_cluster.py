@@ -41,9 +41,26 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         c.add_node(num_cpus=1, env_vars={"TMPDIR": str(root / name), KILL_ONCE: str(root / "kill"),
                                          "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")})
     c.wait_for_nodes()
+    warm_up(c.address)
     yield c, root
     ray.shutdown()
     c.shutdown()
+
+
+def warm_up(address: str) -> None:
+    """One task pinned to each worker node, before any test: both nodes are registered and have a worker
+    started when a sweep submits its runs (SPREAD is best effort: once, in CI, all four runs went to one node)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    ray.init(address=address, log_to_driver=False)
+    try:
+        nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")]
+        assert len(nodes) == 2, ray.nodes()
+        ping = ray.remote(num_cpus=1)(lambda: ray.get_runtime_context().get_node_id())
+        pinned = [ping.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote() for n in nodes]
+        assert sorted(ray.get(pinned, timeout=300)) == sorted(nodes)
+    finally:
+        ray.shutdown()
 
 
 @pytest.fixture
