@@ -119,3 +119,26 @@ def test_evaluation_in_row_groups_gives_the_batch_loss_and_flops(tiny_models, ar
             lm_loss.EVAL_POSITIONS, lm_loss.CHUNK = old
     assert grouped == pytest.approx(plain, abs=1e-5)
     assert (meter.forward_flops, meter.backward_flops) == (plain_meter.forward_flops, 0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("chunked", [True, False])
+def test_loss_and_scoring_passes_build_no_key_value_cache(tiny_models, monkeypatch, arch: str, chunked: bool) -> None:
+    """The configs turn use_cache on; a pass that never decodes further must not keep every layer's keys and values."""
+    from transformers.cache_utils import DynamicLayer
+
+    model = wrap(load(tiny_models, arch), arch, "lora")
+    assert lm_loss.base_model(model).config.use_cache
+    updates = []
+    update = DynamicLayer.update
+    monkeypatch.setattr(DynamicLayer, "update", lambda self, *a, **k: updates.append(1) or update(self, *a, **k))
+    monkeypatch.setattr(lm_loss, "ENABLED", chunked)
+    batch = batch_of(arch)
+    lm_loss.loss(model, batch).backward()
+    with torch.no_grad():
+        lm_loss.loss(model, batch)
+        lm_loss.logprobs(model, {k: v for k, v in batch.items() if k != "labels"}, batch["labels"], arch in ("t5", "bart"))
+    assert updates == []
+    with torch.no_grad():  # the counter does see a cache when there is one
+        model(**{k: v for k, v in batch.items() if k != "labels"}, **({"decoder_input_ids": batch["labels"].clamp(min=0)} if arch in ("t5", "bart") else {}))
+    assert updates

@@ -19,6 +19,7 @@ Prompt tuning's virtual tokens come first in the output: they get no label, as p
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -84,6 +85,7 @@ def hidden_states(model: nn.Module, batch: dict[str, torch.Tensor], labels: torc
     """(hidden [N, H], labels aligned with them [N], the head's extra bias): a causal LM's labels move one left."""
     base, head, seq2seq = found
     inputs = {k: v for k, v in batch.items() if k != "labels"}
+    inputs = no_cache(model, inputs)
     if seq2seq and "decoder_input_ids" not in inputs:
         inputs["decoder_input_ids"] = base.prepare_decoder_input_ids_from_labels(labels=labels)
     with _headless(base, head) as extra_bias:
@@ -92,6 +94,25 @@ def hidden_states(model: nn.Module, batch: dict[str, torch.Tensor], labels: torc
         labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
     labels = F.pad(labels, (hidden.shape[1] - labels.shape[1], 0), value=IGNORE)  # virtual tokens: no label
     return hidden.flatten(0, 1), labels.flatten(), extra_bias
+
+
+def _takes_use_cache(base: nn.Module) -> bool:
+    return "use_cache" in inspect.signature(base.forward).parameters
+
+
+def no_cache(model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The inputs with use_cache=False where the model takes it: a decoder's config usually turns the cache
+    on, and a loss or scoring pass would keep every layer's keys and values to the end of the pass for nothing."""
+    return {"use_cache": False, **inputs} if _takes_use_cache(base_model(model)) else inputs
+
+
+def summed_nll(hidden: torch.Tensor, labels: torch.Tensor, head: nn.Module, extra_bias: torch.Tensor | None) -> torch.Tensor:
+    """The summed NLL of labelled positions from hidden_states' output, the head applied CHUNK positions at a time."""
+    project = _projection(head, extra_bias)
+    total = torch.zeros((), device=hidden.device)
+    for s in range(0, len(labels), CHUNK):
+        total = total + _chunk_nll(project(hidden[s : s + CHUNK]), labels[s : s + CHUNK])[2].sum()
+    return total
 
 
 def _chunk_nll(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -182,7 +203,7 @@ def loss_and_output(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[t
             sums, counts = _scored_logprobs(model, inputs, labels, scored)
             return -sums.sum() / counts.sum(), None
     if found is None:
-        out = model(**batch)
+        out = model(**no_cache(model, batch))
         return out.loss, out
     totals, counts = [], []  # tensors: reading a count here would wait for the GPU
     ce: Any = _ChunkedCE
@@ -234,7 +255,9 @@ def _model_logprobs(model: nn.Module, batch: dict[str, torch.Tensor], labels: to
     sums, counts = [], []
     for part in row_groups({**batch, "labels": labels}, labels.shape[0], positions=CHUNK):
         part_labels = part.pop("labels")
-        logits = model(**part).logits[:, -part_labels.shape[1] :]  # prompt tuning puts virtual tokens first
+        if seq2seq and "decoder_input_ids" not in part:  # as hidden_states builds them
+            part["decoder_input_ids"] = base_model(model).prepare_decoder_input_ids_from_labels(labels=part_labels)
+        logits = model(**no_cache(model, part)).logits[:, -part_labels.shape[1] :]  # prompt tuning puts virtual tokens first
         s, c = choice_logprobs(logits, part_labels, shift=not seq2seq)
         sums.append(s)
         counts.append(c)

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from peftbench.train import lm_loss
@@ -154,13 +153,9 @@ def target_nll(model: nn.Module, prefill: Prefill, prompt_mask: torch.Tensor, ta
         inputs = {"input_ids": ids[part], "attention_mask": torch.cat([prompt_mask[part], new_mask[part]], 1),
                   "position_ids": prompt_mask[part].sum(1, keepdim=True) + torch.arange(width, device=device)}
         with meter.count({**inputs, "labels": labels[part]}):
-            with lm_loss._headless(base, head) as extra_bias:
-                hidden = model(**inputs, **{arg: _cache_of([(k[part], v[part]) for k, v in prefill.kv])},
-                               use_cache=True).logits.flatten(0, 1)
-            project = lm_loss._projection(head, extra_bias)
-            y = F.pad(labels[part, 1:], (0, 1), value=lm_loss.IGNORE).flatten()  # position t predicts t + 1
-            for c in range(0, len(y), lm_loss.CHUNK):
-                total = total + lm_loss._chunk_nll(project(hidden[c : c + lm_loss.CHUNK]), y[c : c + lm_loss.CHUNK])[2].sum()
+            cached = {**inputs, arg: _cache_of([(k[part], v[part]) for k, v in prefill.kv]), "use_cache": True}
+            hidden, flat, extra_bias = lm_loss.hidden_states(model, cached, labels[part], found)  # labels shift left
+            total = total + lm_loss.summed_nll(hidden, flat, head, extra_bias)
     return total, (labels != lm_loss.IGNORE).sum()
 
 
@@ -177,7 +172,5 @@ def _decoder_nll(model: nn.Module, encoded: torch.Tensor, prompt_mask: torch.Ten
         with meter.count(inputs):
             hidden, flat, extra_bias = lm_loss.hidden_states(
                 model, {**inputs, "encoder_outputs": BaseModelOutput(last_hidden_state=encoded[part])}, labels[part], found)
-            project = lm_loss._projection(found[1], extra_bias)
-            for c in range(0, len(flat), lm_loss.CHUNK):
-                total = total + lm_loss._chunk_nll(project(hidden[c : c + lm_loss.CHUNK]), flat[c : c + lm_loss.CHUNK])[2].sum()
+            total = total + lm_loss.summed_nll(hidden, flat, found[1], extra_bias)
     return total, (labels != lm_loss.IGNORE).sum()
