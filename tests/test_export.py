@@ -14,6 +14,7 @@ from peftbench.export import rebuild
 from peftbench.methods import REGISTRY
 from peftbench.methods.peft_generic import GenericTuner  # their merges: test_peft_generic.py
 from peftbench.runner import run
+from conftest import WORDS
 from test_bad_input import assert_refused, invoke
 
 HAND = {n: c for n, c in REGISTRY.items() if not issubclass(c, GenericTuner)}
@@ -82,3 +83,38 @@ def test_export_refuses_a_used_folder_and_unknown_runs(tiny_config: dict, tmp_pa
     assert_refused(invoke("export", row.run_id, tmp_path / "used", "--results-dir", tmp_path / "r"), "not an empty folder")
     assert (tmp_path / "used" / "x").read_text() == "keep me"
     assert_refused(invoke("export", "zzzz", tmp_path / "o", "--results-dir", tmp_path / "r"), "no stored run matches")
+
+
+def from_card(folder: Path) -> torch.nn.Module:
+    """The model the folder's README "Loading" code builds, run as a user would paste it."""
+    card = (folder / "README.md").read_text()
+    code = card.split("## Loading (written by peftbench)")[1].split("```python\n")[1].split("```")[0]
+    scope: dict = {}
+    exec(code.replace("<this folder>", str(folder)), scope)  # noqa: S102 - our own generated snippet
+    return scope["model"]
+
+
+@pytest.mark.parametrize("merge", [False, True])
+@pytest.mark.parametrize("mode", ["mean", "model"])
+def test_the_exported_card_loads_the_runs_model_in_plain_transformers(tiny_config: dict, tmp_path: Path, mode: str,
+                                                                     merge: bool) -> None:
+    """A mean-pooled run (the bundled MiniLM's default) once failed its merge check; an adapter folder gave no
+    labels, pooling or usable base path. Now either folder's README code rebuilds the run's model."""
+    from peftbench import models
+
+    raw = {**tiny_config, "task": {**tiny_config["task"], "samples": 0, "pooling": mode}}
+    row = run(parse_config(raw), tmp_path / "r").row
+    flags = ["--merge"] if merge else []
+    res = invoke("export", row.run_id, tmp_path / "out", *flags, "--results-dir", tmp_path / "r", "--json")
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "out" / "peftbench.json").read_text())
+    assert info["pooling"] == mode
+    if not merge:
+        conf = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+        assert conf["base_model_name_or_path"] == info["base_model_path"] == models.resolve(parse_config(row.config).model)
+        assert info["labels"] == sorted(WORDS)
+    task, adapted, _, _ = rebuild(row)
+    loaded = from_card(tmp_path / "out")
+    batch = next(task.train_batches(8, seed=3))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, adapted.eval()(**batch).logits, rtol=0, atol=1e-4)

@@ -1,7 +1,9 @@
 """Export a stored run: its adapter folder, or a plain Hugging Face model with the adapter merged in.
 
 A merge is checked before anything is written: the merged model's outputs must match the
-adapted model's within 1e-4 on a real batch, else nothing is exported.
+adapted model's within 1e-4 on a real batch, else nothing is exported. Both folders get
+peftbench.json (the run, its labels and pooling, the base model to load) and a "Loading" section
+in README.md with the plain transformers + peft code that reproduces the run's model.
 """
 
 from __future__ import annotations
@@ -82,18 +84,78 @@ def export(row: RunRow, out: Path, merge: bool = False) -> dict[str, Any]:
             merged.save_pretrained(staged, safe_serialization=True)
             processor.save_pretrained(staged)
             # Check what was written, reloaded as a user would, not the object in memory.
-            reloaded = type(merged).from_pretrained(staged).eval()
+            reloaded = pooling.reinstall(type(merged).from_pretrained(staged)).eval()  # the config records a pooling
             diff = float((adapted - _outputs(reloaded, batch)).abs().max())
             if diff > MERGE_TOLERANCE:
                 raise RuntimeError(f"merged outputs differ from the adapter's by {diff:.2e} (> {MERGE_TOLERANCE}); nothing exported")
             info["max_abs_diff"] = diff
+            info["model_class"] = type(merged).__name__
+            info["pooling"] = getattr(merged.config, pooling.CONFIG_ATTR, "model")
         else:
             shutil.copytree(adapter, staged, dirs_exist_ok=True)
-            info["base_model_path"] = models.resolve(parse_config(row.config).model)
+            _describe_adapter(row, staged, info)
         (staged / "peftbench.json").write_text(json.dumps({**info, "config": row.config}, indent=2))
+        with (staged / "README.md").open("a", encoding="utf-8") as card:
+            card.write(loading_section(info))
         if out.exists():
             out.rmdir()
         staged.rename(out)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     return info
+
+
+# peft's task types -> the transformers class a base model is loaded with
+AUTO_CLASSES = {"SEQ_CLS": "AutoModelForSequenceClassification", "CAUSAL_LM": "AutoModelForCausalLM",
+                "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM", "TOKEN_CLS": "AutoModelForTokenClassification"}
+
+
+def _describe_adapter(row: RunRow, folder: Path, info: dict[str, Any]) -> None:
+    """What loading the adapter needs besides its folder: the base model (its original path, not the GGUF
+    cache's copy the run loaded, which `peftbench cache clear` removes), the labels and the pooling."""
+    cfg = pooling.as_stored(parse_config(row.config))
+    base = models.resolve(cfg.model)
+    info["base_model_path"] = base
+    info["gguf_file"] = models.SMOLLM2_FILE if cfg.model.name == models.SMOLLM2 else cfg.model.gguf_file
+    conf_path = folder / "adapter_config.json"
+    if conf_path.is_file():
+        conf = json.loads(conf_path.read_text(encoding="utf-8"))
+        conf["base_model_name_or_path"] = base
+        conf_path.write_text(json.dumps(conf, indent=2))
+        info["model_class"] = AUTO_CLASSES.get(conf.get("task_type") or "")
+    info["pooling"] = pooling.resolve(cfg.task, cfg.model)
+    try:  # label names come from the data (as predict's); an export must not fail where the data moved
+        task = make_task(cfg, get_method(cfg.method.name)(cfg.method.params))
+        task.load_data()
+        labels = getattr(task, "labels", None)
+    except UserError:
+        labels = None
+    if labels is not None:
+        info["labels"] = list(labels)
+
+
+def loading_section(info: dict[str, Any]) -> str:
+    """README.md's "Loading" section: plain transformers (+ peft) code for this folder."""
+    cls = info.get("model_class") or "AutoModel"
+    labels = info.get("labels")
+    # the checkpoint's own head (if any) has other sizes; the adapter holds the run's head
+    label_args = (f", num_labels={len(labels)},\n    id2label={dict(enumerate(labels))!r}, label2id={ {l: i for i, l in enumerate(labels)}!r},\n    ignore_mismatched_sizes=True"
+                  if labels and cls == "AutoModelForSequenceClassification" else "")
+    mode = info.get("pooling", "model")
+    lines = ["", "## Loading (written by peftbench)", "",
+             f"Run {info['run_id']} ({info['method']} on {info['base_model']}, task {info['task']}).", "", "```python",
+             f"from transformers import {cls}"]
+    if info["merged"]:
+        lines.append(f'model = {cls}.from_pretrained("<this folder>")')
+        target = "model"
+    else:
+        gguf = f", gguf_file={info['gguf_file']!r}" if info.get("gguf_file") else ""
+        lines += ["from peft import PeftModel", f"base = {cls}.from_pretrained({info['base_model_path']!r}{gguf}{label_args})"]
+        target = "base"
+    if mode not in ("model", "auto"):
+        lines += [f"# the head reads {mode} pooling of the last hidden states, not the model's own pooler:",
+                  f"from peftbench.tasks import pooling; pooling.install({target}, {mode!r})"]
+    if not info["merged"]:
+        lines.append('model = PeftModel.from_pretrained(base, "<this folder>")')
+    lines += ["model.eval()", "```", ""]
+    return "\n".join(lines)
