@@ -570,3 +570,40 @@ def test_a_command_group_without_a_command_prints_its_help_and_no_empty_error(ar
 
 def test_a_missing_argument_is_still_one_line_exit_2() -> None:
     assert_refused(invoke("results", "show"), "missing argument", "results show --help")
+
+
+# -- config that would be silently ignored (found by exploratory testing, 2026-12-07) ------------------
+
+def test_steps_and_epochs_together_are_refused(good: list[str], res: Path, tmp_path: Path) -> None:
+    assert_refused(invoke(*good, "--epochs", "1"), "train.steps", "train.epochs", "not both", results_dir=res)
+    cfg = write_yaml(tmp_path / "run.yaml", "train:\n  steps: 2\n  epochs: 1\n")
+    i = good.index("--steps")
+    assert_refused(invoke(*good[:i], *good[i + 2 :], "--config", cfg), "not both", results_dir=res)
+
+
+def test_a_budget_flag_replaces_the_files_budget(good: list[str], res: Path, tmp_path: Path) -> None:
+    from peftbench.cli.options import build_config
+
+    cfg = write_yaml(tmp_path / "run.yaml", "train:\n  epochs: 3\n  batch_size: 4\n")
+    raw, _ = build_config(cfg, {"steps": 2})
+    assert raw["train"] == {"steps": 2, "batch_size": 4}
+
+
+def test_an_empty_config_file_is_refused(good: list[str], res: Path, tmp_path: Path) -> None:
+    cfg = write_yaml(tmp_path / "run.yaml", "")
+    assert_refused(invoke(*good, "--config", cfg), "is empty", "drop --config", results_dir=res)
+    assert_refused(invoke("compare", "--config", cfg, "--results-dir", res), "is empty", results_dir=res)
+
+
+def test_a_run_config_listing_methods_is_refused(good: list[str], res: Path, tmp_path: Path) -> None:
+    cfg = write_yaml(tmp_path / "run.yaml", "methods: [ia3]\n")
+    assert_refused(invoke(*good, "--config", cfg), "methods:", "peftbench compare --config", results_dir=res)
+    both = write_yaml(tmp_path / "both.yaml", "method: {name: prompt}\nmethods: [lora]\n")
+    assert_refused(invoke("compare", "--config", both, "--results-dir", res), "both method: and methods:", results_dir=res)
+
+
+def test_a_model_config_field_of_the_wrong_type(base: list[str], tiny_data: Path, res: Path, tmp_path: Path) -> None:
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text('{"model_type": "bert", "hidden_size": "x"}')
+    args = set_flag([*base, "--data", str(tiny_data)], "--model", tmp_path / "bad")
+    assert_refused(invoke(*args), "cannot load model", "hidden_size", results_dir=res)

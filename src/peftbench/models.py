@@ -8,6 +8,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+try:  # a config.json field of the wrong type (huggingface_hub's strict config dataclasses)
+    from huggingface_hub.errors import StrictDataclassError
+except ImportError:  # older huggingface_hub: such errors are ValueErrors
+    StrictDataclassError = ValueError  # type: ignore[assignment,misc]
 from safetensors import SafetensorError
 from torch import nn
 
@@ -113,7 +117,7 @@ def load_pretrained(auto_cls: Any, spec: ModelSpec, **kwargs: Any) -> Any:
         return auto_cls.from_pretrained(
             name, revision=spec.revision, trust_remote_code=spec.trust_remote_code, **kwargs
         )
-    except (OSError, ValueError, KeyError, TypeError, ImportError, SafetensorError) as err:
+    except (OSError, ValueError, KeyError, TypeError, ImportError, SafetensorError, StrictDataclassError) as err:
         # Everything from_pretrained raises for a model it cannot use: missing or corrupt
         # files, an unknown architecture, a tokenizer needing an extra package.
         if isinstance(err, ValueError) and "trust_remote_code" in str(err):

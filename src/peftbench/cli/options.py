@@ -224,8 +224,30 @@ def overrides(values: Mapping[str, Any]) -> dict[str, Any]:
     return over
 
 
-def build_config(config: Optional[Path], values: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
-    """YAML (if any) overlaid with the flags the user gave; returns (raw config, its methods: list)."""
+BUDGET_KEYS = ("steps", "epochs", "flops", "seconds")
+
+
+def build_config(config: Optional[Path], values: Mapping[str, Any], command: str = "run") -> tuple[dict[str, Any], Any]:
+    """YAML (if any) overlaid with the flags the user gave; returns (raw config, its methods: list).
+
+    A budget flag replaces the file's budget (as a sweep axis does); a file that is empty, a run config
+    listing `methods:`, or two training lengths at once are refused: each would be silently ignored."""
     raw = load_yaml(config) if config else {}
+    if config and not raw:
+        raise UserError(f"config file '{config}' is empty; give model:, task:, method: or train: in it, or drop --config")
     methods = raw.pop("methods", None)
-    return deep_merge(raw, overrides(values)), methods
+    if methods is not None and command == "run":
+        raise UserError(f"config file '{config}' lists methods:, which `peftbench run` does not read; give one method "
+                        "as method: {name: ...}, or compare them with: peftbench compare --config FILE")
+    if methods is not None and "method" in raw:
+        raise UserError(f"config file '{config}' gives both method: and methods:; keep methods: (each entry may "
+                        "carry params:) and drop method:")
+    over = overrides(values)
+    train = raw.get("train")
+    if isinstance(train, dict) and set(over.get("train", {})) & set(BUDGET_KEYS):
+        raw = {**raw, "train": {k: v for k, v in train.items() if k not in BUDGET_KEYS}}
+    merged = deep_merge(raw, over)
+    length = merged.get("train") if isinstance(merged.get("train"), dict) else {}
+    if length.get("steps") is not None and length.get("epochs") is not None:
+        raise UserError("give one training length: train.steps (--steps) or train.epochs (--epochs), not both")
+    return merged, methods

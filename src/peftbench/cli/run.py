@@ -128,7 +128,7 @@ def compare_cmd(
 
     if config is None and all(opts[k] is None for k in ("steps", "epochs", "flops", "seconds")):
         opts = {**opts, "steps": MAIN_JOB_STEPS}  # the default study's budget, reported once resolved
-    raw, listed = build_config(config, opts)
+    raw, listed = build_config(config, opts, "compare")
     items = listed if listed and methods == DEFAULT_METHODS else method_items(methods)
     grid: str | list[float] | None = None
     if lr_grid is not None:
