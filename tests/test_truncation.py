@@ -32,6 +32,12 @@ def test_report_and_warning():
     capped = report(({"train": [1000] * 10}, 64, 0), 128, 64)
     assert capped["suggested"] == 128 and "--max-length 128 (the model's limit)" in warning(capped, "k2")
     assert warning(report(({"train": [10] * 10}, 64, 0), 128, 64), "k3") is None
+    # train fits but test is cut: the fix names test's own 95% length, not "the model's limit" (it said so at 200 of 512)
+    evals = report(({"train": [10] * 20, "validation": [10] * 6 + [250] * 4, "test": [300] * 10}, 200, 0), 512, 200)
+    assert warning(evals, "k4") == ("warning: max length 200 cuts 40% of validation, 100% of test; "
+                                    "--max-length 304 keeps 95% of validation and test whole")
+    at_limit = report(({"train": [10] * 20, "test": [900] * 10}, 512, 0), 512, 512)
+    assert warning(at_limit, "k5").endswith("the model's limit allows no more")
 
 
 def test_compare_warns_once_and_stores_the_shares(tiny_model, tmp_path):

@@ -29,9 +29,13 @@ def report(cut: tuple[dict[str, list[int]], int, int] | None, limit: int | None,
         return None
     lengths, budget, fixed = cut
     shares = {s: sum(n > budget for n in v) / len(v) for s, v in lengths.items() if v}
-    want = covering(lengths.get("train") or [n for v in lengths.values() for n in v]) + fixed
-    want = -(-want // 8) * 8  # a multiple of 8, as batches pad
-    return {"max_length": max_length, "shares": shares, "suggested": min(want, limit) if limit else want, "limit": limit}
+    def fit(v: list[int]) -> int:
+        want = -(-(covering(v) + fixed) // 8) * 8  # a multiple of 8, as batches pad
+        return min(want, limit) if limit else want
+
+    covers = {s: fit(v) for s, v in lengths.items() if v}
+    suggested = fit(lengths.get("train") or [n for v in lengths.values() for n in v])
+    return {"max_length": max_length, "shares": shares, "suggested": suggested, "limit": limit, "covers": covers}
 
 
 def warning(rep: dict[str, Any] | None, key: str) -> str | None:
@@ -43,8 +47,14 @@ def warning(rep: dict[str, Any] | None, key: str) -> str | None:
         return None
     _warned.add(key)
     cut = ", ".join(f"{v:.0%} of {s}" for s, v in over.items())
-    fix = (f"--max-length {rep['suggested']} keeps 95% of train whole" if rep["suggested"] > rep["max_length"]
-           else "the model's limit allows no more")
-    if rep["limit"] and rep["suggested"] >= rep["limit"]:
+    # train decides when it is cut; where train fits, the cut splits (their evaluation is what suffers)
+    other = max((rep.get("covers") or {}).get(s, 0) for s in over)
+    want, which = (rep["suggested"], "train") if rep["suggested"] > rep["max_length"] else (other, " and ".join(over))
+    fix = f"--max-length {want} keeps 95% of {which} whole"
+    if rep["limit"] and rep["max_length"] >= rep["limit"]:
+        fix = "the model's limit allows no more"
+    elif rep["limit"] and want >= rep["limit"]:
         fix = f"--max-length {rep['limit']} (the model's limit) keeps the most"
+    elif want <= rep["max_length"]:  # never happens for a cut split's own 95%, but say nothing wrong if it does
+        fix = "most examples fit already"
     return f"warning: max length {rep['max_length']} cuts {cut}; {fix}"
