@@ -83,3 +83,18 @@ def test_linear_probe_predicts_and_its_cs_are_checked(tiny_config: dict, tmp_pat
     assert pred.exit_code == 0, pred.output
     bad = cli("run", "-m", "linear_probe", "--param", "cs=[]", *common(tiny_config, tmp_path / "bad"))
     assert bad.exit_code == 2 and "cs" in bad.output and "Traceback" not in bad.output
+
+
+def test_the_refusal_names_a_method_that_runs(tiny_models, tiny_data: Path, tmp_path: Path) -> None:
+    """Its refusal on seq2seq classification once said "use head", which that setup refuses too."""
+    from test_bad_input import assert_refused
+    from test_multiple_choice import data_dir
+
+    res = tmp_path / "r"
+    quick = ["--steps", "1", "--max-length", "32", "--results-dir", res, "-m"]
+    t5 = ["run", "--model", tiny_models("t5"), "--data", tiny_data, *quick]
+    assert_refused(cli(*t5, "linear_probe"), "have none", "-m lora", results_dir=res)
+    assert cli(*t5, "lora").exit_code == 0
+    mc = ["run", "--model", tiny_models("bert"), "--task", "multiple_choice", "--data", data_dir(tmp_path / "mc"), *quick]
+    assert_refused(cli(*mc, "linear_probe"), "-m head")
+    assert cli(*mc, "head").exit_code == 0

@@ -51,9 +51,12 @@ class LinearProbe(Base):
     scores: dict[str, float] = {}
 
     def check(self, ctx: Context) -> None:
-        if ctx.peft_task_type != "SEQ_CLS" or not ctx.head_modules:
-            raise UserError("method 'linear_probe' fits a classification head: use it for text classification on an "
-                            "encoder or decoder model (for other tasks use head)")
+        if ctx.peft_task_type == "SEQ_CLS" and ctx.head_modules:
+            return
+        if ctx.head_modules:  # another task with a head of its own (multiple choice on an encoder): head trains it
+            raise UserError("method 'linear_probe' fits a text classification head; for this task's head use -m head")
+        raise UserError("method 'linear_probe' fits a classification head, and this model and task have none (a "
+                        "seq2seq model generates its label); use an encoder or decoder model, or -m lora")
 
     def fit(self, model: nn.Module, task: Any, select: str, batch_size: int, meter: FlopMeter) -> None:
         from sklearn.linear_model import LogisticRegression
