@@ -607,3 +607,16 @@ def test_a_model_config_field_of_the_wrong_type(base: list[str], tiny_data: Path
     (tmp_path / "bad" / "config.json").write_text('{"model_type": "bert", "hidden_size": "x"}')
     args = set_flag([*base, "--data", str(tiny_data)], "--model", tmp_path / "bad")
     assert_refused(invoke(*args), "cannot load model", "hidden_size", results_dir=res)
+
+
+def test_suggestions_point_at_the_right_key(good: list[str], res: Path, tmp_path: Path) -> None:
+    from peftbench.errors import suggest
+
+    assert suggest("train.learningrate", ["train.lr", "train.packing"]) == " (did you mean 'train.lr'?)"
+    assert suggest("learning_rate", ["lr", "seed"]) == " (did you mean 'lr'?)"
+    cfg = write_yaml(tmp_path / "c.yaml", "methods: [lora, {name: ia3, lr_grd: [0.01, 0.03]}]\n")
+    assert_refused(invoke("compare", "--config", cfg, "--dry-run", "--results-dir", res), "'lr_grd'",
+                   "did you mean 'lr_grid'", "head_lr_grid", results_dir=res)
+    i = good.index("--steps")
+    line = assert_refused(invoke(*good[:i], *good[i + 2 :], "-m", "lora(r=4, alpha=8)"), results_dir=res)
+    assert "-m lora -p r=4 -p alpha=8" in line

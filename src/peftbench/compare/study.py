@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from peftbench.config import deep_merge, parse_config
-from peftbench.errors import UserError
+from peftbench.errors import UserError, suggest
 from peftbench.methods import REFERENCE, get_method
 from peftbench.metrics import lower_is_better
 from peftbench.store import RunRow
@@ -94,6 +94,9 @@ def _rates(value: Any, key: str, name: Any) -> list[float] | None:
     return [float(x) for x in value]
 
 
+ENTRY_KEYS = ("name", "params", "lr_grid", "head_lr", "head_lr_grid")
+
+
 def entries_from(items: list[Any]) -> list[Entry]:
     """Methods as the CLI or a config file lists them: names, or mappings with params, lr_grid, head_lr
     (this method's train.head_lr) and head_lr_grid (head rates searched jointly with the lr grid)."""
@@ -106,6 +109,9 @@ def entries_from(items: list[Any]) -> list[Entry]:
         if head is not None and (isinstance(head, bool) or not isinstance(head, (int, float)) or not 0 < head < float("inf")):
             raise UserError(f"head_lr of method '{name}' must be a positive rate, e.g. 5.0e-2")
         head_grid = _rates(spec.pop("head_lr_grid", None), "head_lr_grid", name)
+        for key in set(spec) - {"name", "params"}:  # parse_config would list only a method section's own keys
+            raise UserError(f"unknown key '{key}' in the methods: entry of '{name}'{suggest(key, ENTRY_KEYS)}; "
+                            f"an entry takes {', '.join(ENTRY_KEYS)}")
         if head is not None and head_grid:
             raise UserError(f"method '{name}' gives both head_lr and head_lr_grid; keep one of them")
         get_method(spec.get("name", "")).validate(spec.get("params", {}))

@@ -15,6 +15,11 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def get_method(name: str) -> type[Method]:
+    base, paren, rest = name.partition("(")
+    if paren and base.strip() in REGISTRY and rest.endswith(")"):  # compare's spelling, given where one method is
+        params = " ".join(f"-p {p.strip()}" for p in rest[:-1].split(",") if p.strip())
+        raise UserError(f"method '{name}' gives parameters in compare's --methods spelling; for one method "
+                        f"write: -m {base.strip()} {params} (or method: {{name: {base.strip()}, params: ...}})")
     if name not in REGISTRY:
         raise UserError(
             f"unknown method '{name}'{suggest(name, REGISTRY)}; known: {', '.join(REGISTRY)} "
