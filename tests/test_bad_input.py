@@ -620,3 +620,12 @@ def test_suggestions_point_at_the_right_key(good: list[str], res: Path, tmp_path
     i = good.index("--steps")
     line = assert_refused(invoke(*good[:i], *good[i + 2 :], "-m", "lora(r=4, alpha=8)"), results_dir=res)
     assert "-m lora -p r=4 -p alpha=8" in line
+
+
+@pytest.mark.parametrize("kind, hint", [("summarization", "--data builtin:dialogsum"), ("multiple_choice", "--data builtin:commonsense_qa"),
+                                        ("table_to_text", "--data FILE_OR_FOLDER"), ("image_classification", "--data FILE_OR_FOLDER")])
+def test_a_task_without_data_of_its_kind_names_some(tiny_model: str, res: Path, kind: str, hint: str) -> None:
+    """It once read the default TweetEval and suggested remapping its columns."""
+    line = assert_refused(invoke("run", "--model", tiny_model, "--task", kind, "--steps", "1", "--results-dir", res),
+                          f"task '{kind}' needs data of its kind", results_dir=res)
+    assert hint in line and ("(built in)" in line) == ("builtin:" in hint)

@@ -21,7 +21,7 @@ import transformers
 
 import peftbench
 from peftbench import models, reuse
-from peftbench.config import RunConfig
+from peftbench.config import DEFAULT_DATA, RunConfig
 from peftbench.errors import Interrupted, UserError
 from peftbench.measure import efficiency
 from peftbench.measure import forgetting as forget
@@ -57,6 +57,7 @@ def versions() -> dict[str, str]:
 def normalize(cfg: RunConfig) -> tuple[RunConfig, Method]:
     """Fill in method defaults (validating them) and the method's learning rate."""
     method = get_method(cfg.method.name)(cfg.method.params)
+    _check_data_given(cfg)
     cfg = cfg.model_copy(deep=True)
     cfg.method.params = method.normalized_params()
     if not method.trains:  # nothing trains, so no rate or budget may split otherwise equal configs
@@ -76,6 +77,18 @@ def normalize(cfg: RunConfig) -> tuple[RunConfig, Method]:
     cfg.train.precision, cfg.model.dtype = precision.resolve(cfg.train.precision, cfg.model.dtype, pick_device(),
                                                              method.frozen_base)
     return cfg, method
+
+
+def _check_data_given(cfg: RunConfig) -> None:
+    """The default data is a classification dataset: another task without data of its own would fail later
+    on its columns, with a hint to remap them."""
+    data = cfg.task.data
+    if cfg.task.kind == "classification" or data.source != DEFAULT_DATA or data.train_file or data.test_file:
+        return
+    builtin = get_task(cfg.task.kind).builtin_data
+    example = f"--data {builtin} (built in) or " if builtin else ""
+    raise UserError(f"task '{cfg.task.kind}' needs data of its kind, and the default ({DEFAULT_DATA}) is a text "
+                    f"classification dataset; pass {example}--data FILE_OR_FOLDER")
 
 
 def stored_config(cfg: RunConfig) -> dict[str, Any]:

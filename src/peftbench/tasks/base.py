@@ -58,6 +58,7 @@ class Task(ABC):
     families: ClassVar[tuple[str, ...]]  # model families it can use (models.FAMILIES)
     metrics: ClassVar[tuple[str, ...]]  # headline metrics, as evaluate reports them
     select_metric: ClassVar[str]  # default validation metric for checkpoint selection
+    builtin_data: ClassVar[str | None] = None  # a built-in dataset of this kind, named when no data is given
     column_roles: ClassVar[tuple[ColumnRole, ...]] = ()  # what a row holds; the first input is the main one
     default_columns: ClassVar[dict[str, str]] = {}  # role -> column name when neither config nor data says (from column_roles)
     lm_scoring: bool = False  # set by the runner for in-context methods: no new head, score with the LM

@@ -33,6 +33,7 @@ DEFAULT_PROMPT = "{input}\n" + ANSWER_CUE  # {input}: [context, newline] "Questi
 @register
 class MultipleChoice(Task):
     kind = "multiple_choice"
+    builtin_data = "builtin:commonsense_qa"
     summary = (
         "Pick the answer among fixed choices (CommonsenseQA, RACE, ARC...): a choice classifier on encoders, "
         "length-normalized log-likelihood of each choice on decoders and seq2seq"

@@ -22,6 +22,7 @@ REFERENCES = ColumnRole("references", None, input=False, checked=False)
 @register
 class Summarization(GenerationTask):
     kind = "summarization"
+    builtin_data = "builtin:dialogsum"
     summary = "Write a summary of a text (DialogSum, SAMSum); ROUGE-1/2/L/Lsum on generated text"
     metrics = ROUGE_KEYS
     column_roles = (ColumnRole("text", "dialogue"), ColumnRole("target", "summary", input=False), REFERENCES)
@@ -80,6 +81,7 @@ def linearize_table(table: Any) -> str:
 @register
 class TableToText(Summarization):
     kind = "table_to_text"
+    builtin_data = None
     summary = "Write a title or summary of a table (linearized row by row); ROUGE on generated text"
     column_roles = (ColumnRole("text", "table"), ColumnRole("target", "target", input=False), REFERENCES)
     default_prompt = "Describe the table in one sentence.\n{input}\nDescription:"
