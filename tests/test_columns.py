@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from peftbench.cli import app
@@ -24,11 +25,13 @@ def write_tsv(path: Path, rows: list[dict], rename: dict[str, str] | None = None
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_tsv_with_differently_cased_columns_trains_and_says_so(tiny_model, tmp_path):
+@pytest.mark.parametrize("cased", [("train", "validation", "test"), ("train",)])
+def test_tsv_with_differently_cased_columns_trains_and_says_so(tiny_model, tmp_path, cased):
+    """Every split cased alike, or only train (test's `text,label` once made both roles "missing")."""
     data = tmp_path / "d"
     data.mkdir()
     for split, n in (("train", 48), ("validation", 16), ("test", 16)):
-        write_tsv(data / f"{split}.tsv", make_rows(n, len(split)), {"text": "Text", "label": "Label"})
+        write_tsv(data / f"{split}.tsv", make_rows(n, len(split)), {"text": "Text", "label": "Label"} if split in cased else {})
     res = invoke("run", "--model", tiny_model, "--data", str(data), "--max-length", "32", "--steps", "2",
                  "--results-dir", str(tmp_path / "r"), "--json")
     assert res.exit_code == 0, res.output

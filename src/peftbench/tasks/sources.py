@@ -188,6 +188,22 @@ def _from_hub(spec: DataSpec) -> DatasetDict:
     return DatasetDict(out)
 
 
+def _same_case(dd: DatasetDict) -> DatasetDict:
+    """Every split's columns spelled as train spells them where they differ only in case (train.csv with
+    `Text,Label`, test.csv with `text,label`): a role then finds one column name in all splits."""
+    if "train" not in dd:
+        return dd
+    spelling = {c.lower(): c for c in dd["train"].column_names}
+    out = {}
+    for split, ds in dd.items():
+        lower = [c.lower() for c in ds.column_names]
+        renames = {c: spelling[c.lower()] for c in ds.column_names
+                   if c.lower() in spelling and spelling[c.lower()] != c and spelling[c.lower()] not in ds.column_names
+                   and lower.count(c.lower()) == 1}
+        out[split] = ds.rename_columns(renames) if renames else ds
+    return DatasetDict(out)
+
+
 def load_splits(spec: DataSpec) -> DatasetDict:
     """Return train / validation / test; validation carved from train when absent. Read once per process (reuse.py)."""
     from peftbench import reuse
@@ -213,6 +229,7 @@ def _read_splits(spec: DataSpec) -> DatasetDict:
         raise UserError(f"data source '{spec.source}' is one file; give --train-file and --test-file instead")
     else:
         dd = _from_hub(spec)
+    dd = _same_case(dd)
     if "test" not in dd and "train" in dd and spec.test_fraction:
         parts = dd["train"].train_test_split(test_size=spec.test_fraction, seed=CARVE_SEED)
         dd = DatasetDict({**dd, "train": parts["train"], "test": parts["test"]})
