@@ -138,9 +138,11 @@ def loading_section(info: dict[str, Any]) -> str:
     """README.md's "Loading" section: plain transformers (+ peft) code for this folder."""
     cls = info.get("model_class") or "AutoModel"
     labels = info.get("labels")
-    # the checkpoint's own head (if any) has other sizes; the adapter holds the run's head
-    label_args = (f", num_labels={len(labels)},\n    id2label={dict(enumerate(labels))!r}, label2id={ {l: i for i, l in enumerate(labels)}!r},\n    ignore_mismatched_sizes=True"
-                  if labels and cls == "AutoModelForSequenceClassification" else "")
+    label_args = ""
+    if labels and cls == "AutoModelForSequenceClassification":  # the checkpoint's own head (if any) has other sizes
+        id2label, label2id = dict(enumerate(labels)), {name: i for i, name in enumerate(labels)}
+        label_args = (f", num_labels={len(labels)},\n    id2label={id2label!r}, label2id={label2id!r},"
+                      "\n    ignore_mismatched_sizes=True")
     mode = info.get("pooling", "model")
     lines = ["", "## Loading (written by peftbench)", "",
              f"Run {info['run_id']} ({info['method']} on {info['base_model']}, task {info['task']}).", "", "```python",
