@@ -118,3 +118,17 @@ def test_the_exported_card_loads_the_runs_model_in_plain_transformers(tiny_confi
     batch = next(task.train_batches(8, seed=3))
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, adapted.eval()(**batch).logits, rtol=0, atol=1e-4)
+
+
+def test_a_decoder_classification_adapter_loads_from_its_card(tiny_models, tiny_config: dict, tmp_path: Path) -> None:
+    """GPT-2 has no pad token: the card sets the one the run padded with (batches of unequal rows need it)."""
+    raw = {**tiny_config, "model": {"name": tiny_models("gpt2")}, "task": {**tiny_config["task"], "samples": 0}}
+    row = run(parse_config(raw), tmp_path / "r").row
+    assert invoke("export", row.run_id, tmp_path / "out", "--results-dir", tmp_path / "r").exit_code == 0
+    assert "base.config.pad_token_id = " in (tmp_path / "out" / "README.md").read_text()
+    task, adapted, _, _ = rebuild(row)
+    batch = next(task.train_batches(8, seed=3))
+    assert (batch["attention_mask"] == 0).any()  # rows of unequal length
+    with torch.no_grad():
+        torch.testing.assert_close(from_card(tmp_path / "out")(**batch).logits, adapted.eval()(**batch).logits,
+                                   rtol=0, atol=1e-4)

@@ -124,14 +124,19 @@ def _describe_adapter(row: RunRow, folder: Path, info: dict[str, Any]) -> None:
         conf_path.write_text(json.dumps(conf, indent=2))
         info["model_class"] = AUTO_CLASSES.get(conf.get("task_type") or "")
     info["pooling"] = pooling.resolve(cfg.task, cfg.model)
+    task = make_task(cfg, get_method(cfg.method.name)(cfg.method.params))
     try:  # label names come from the data (as predict's); an export must not fail where the data moved
-        task = make_task(cfg, get_method(cfg.method.name)(cfg.method.params))
         task.load_data()
-        labels = getattr(task, "labels", None)
+        info["labels"] = list(getattr(task, "labels", None) or []) or None
     except UserError:
-        labels = None
-    if labels is not None:
-        info["labels"] = list(labels)
+        info["labels"] = None
+    if info.get("model_class") == AUTO_CLASSES["SEQ_CLS"]:  # a decoder's head finds each row's last token by it
+        from peftbench.tasks.text import load_text_model_config
+
+        try:
+            info["pad_token_id"] = load_text_model_config(task, cfg.model)[0].pad_token_id
+        except UserError:
+            pass
 
 
 def loading_section(info: dict[str, Any]) -> str:
@@ -154,6 +159,8 @@ def loading_section(info: dict[str, Any]) -> str:
         gguf = f", gguf_file={info['gguf_file']!r}" if info.get("gguf_file") else ""
         lines += ["from peft import PeftModel", f"base = {cls}.from_pretrained({info['base_model_path']!r}{gguf}{label_args})"]
         target = "base"
+    if not info["merged"] and info.get("pad_token_id") is not None and label_args:
+        lines.append(f"base.config.pad_token_id = {info['pad_token_id']}")
     if mode not in ("model", "auto"):
         lines += [f"# the head reads {mode} pooling of the last hidden states, not the model's own pooler:",
                   f"from peftbench.tasks import pooling; pooling.install({target}, {mode!r})"]
