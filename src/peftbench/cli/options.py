@@ -171,6 +171,9 @@ FLAGS: list[Flag] = [
     Flag("peak_tflops", Optional[float], "measure.peak_tflops", "The device's peak TFLOP/s that MFU divides by (default: a table of known GPUs; on CPU a cached matmul probe)."),
     Flag("threads", Optional[str], None, "Torch threads: a count, or auto for the cores free when each run starts "
          "(faster on a busy machine, but scores then vary with the load in the last digits). Default: torch's own count."),
+    Flag("matmul", Optional[str], None, "Who multiplies fp32 matrices on a CPU: auto (default: oneDNN on x86 CPUs not made by "
+         "Intel, where MKL runs its generic code and oneDNN is ~2x faster; else torch's own), onednn, or torch (MKL on x86). "
+         "Changes scores in the last digits, as a thread count does; each run records it."),
     Flag("wait_policy", str, None, "OpenMP wait policy: auto (default: passive when other work loads the machine), active or passive.",
          default="auto"),
     Flag("force", bool, None, "Re-run configs that already finished.", default=False, commands=ALL,

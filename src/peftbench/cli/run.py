@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,11 +32,16 @@ def _execute(raw: dict, results_dir: Path, force: bool, report_to: Optional[str]
 
 
 def _start_threads(opts: dict[str, Any]) -> None:
-    """--threads and --wait-policy, before torch is imported (OpenMP reads its wait policy once)."""
+    """--threads and --wait-policy, before torch is imported (OpenMP reads its wait policy once); --matmul."""
     from peftbench.train import threads
 
     if note := threads.start(opts["threads"], opts["wait_policy"]):
         err.print(f"note: {note}", highlight=False)
+    if opts.get("matmul") is not None:  # after the wait policy: this imports torch
+        from peftbench.train import matmul
+
+        os.environ[matmul.ENV] = matmul.parse(opts["matmul"])  # worker processes read it too
+        matmul.install()
 
 
 def _check_report_to(value: Optional[str]) -> None:

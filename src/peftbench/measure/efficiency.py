@@ -9,7 +9,7 @@ Peaks: dense tensor-core figures from NVIDIA's data sheets, matched on the CUDA 
 `--peak-tflops` (measure.peak_tflops) replaces them. On a CPU there is no data-sheet figure that
 torch reaches, so the peak is measured: a ~1 s fp32 matmul probe at the run's thread count, run
 once per machine and cached (PEFTBENCH_CACHE_DIR, else $XDG_CACHE_HOME/peftbench or
-~/.cache/peftbench, file peak.json, keyed by CPU model, threads and torch version).
+~/.cache/peftbench, file peak.json, keyed by CPU model, threads, torch version and matmul backend).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from peftbench.train import matmul
 
 TFLOP = 1e12
 # (name pattern, {precision: dense peak TFLOP/s}); first match wins, so variants precede their family.
@@ -110,21 +112,29 @@ def cpu_model() -> str:
 
 
 def probe_cpu(threads: int, seconds: float = PROBE_SECONDS, size: int = PROBE_SIZE) -> float:
-    """Best fp32 matmul rate (FLOP/s) over ~`seconds` at `threads` torch threads."""
+    """Best fp32 matmul rate (FLOP/s) over ~`seconds` at `threads` torch threads, through the matmul backend
+    in place (train/matmul.py: a run's MFU divides by what its own layers' library reaches)."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         gen = torch.Generator().manual_seed(0)  # leaves the global RNG, and so the run, untouched
         a, b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
-        torch.mm(a, b)  # warm-up: thread pool and allocator
+        linear = torch.nn.functional.linear  # as the run's layers call it: through the matmul backend in place
+        linear(a, b)  # warm-up: thread pool and allocator
         best, end = 0.0, time.perf_counter() + seconds
         while time.perf_counter() < end:
             t0 = time.perf_counter()
-            torch.mm(a, b)
+            linear(a, b)
             best = max(best, 2 * size**3 / max(time.perf_counter() - t0, 1e-9))
         return best
     finally:
         torch.set_num_threads(before)
+
+
+def peak_key(threads: int) -> str:
+    """The peak cache's key: what the probe's rate depends on."""
+    backend = matmul.current()["backend"]
+    return f"{cpu_model()} | {threads} threads | torch {torch.__version__}" + ("" if backend == "torch" else f" | {backend}")
 
 
 def cpu_peak(threads: int | None = None, at_least: float = 0.0) -> Peak:
@@ -135,7 +145,8 @@ def cpu_peak(threads: int | None = None, at_least: float = 0.0) -> Peak:
     from peftbench.train.threads import other_load
 
     threads = threads or torch.get_num_threads()
-    key = f"{cpu_model()} | {threads} threads | torch {torch.__version__}"
+    backend = matmul.current()["backend"]
+    key = peak_key(threads)
     path = cache_file()
     try:
         cached = json.loads(path.read_text())
@@ -143,10 +154,11 @@ def cpu_peak(threads: int | None = None, at_least: float = 0.0) -> Peak:
         cached = {}
     cached = cached if isinstance(cached, dict) else {}
     value = cached.get(key)
+    via = "" if backend == "torch" else f" via {backend}"
     if not isinstance(value, (int, float)) or value <= at_least:
         value = max(probe_cpu(threads), value if isinstance(value, (int, float)) else 0.0)
         if other_load() >= 0.5:  # busy: use it for this run only
-            return Peak(float(value), f"cpu probe (fp32 matmul, {threads} threads; machine busy, not cached)")
+            return Peak(float(value), f"cpu probe (fp32 matmul{via}, {threads} threads; machine busy, not cached)")
         try:  # a cache that cannot be written costs a probe next time, nothing else
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -154,7 +166,7 @@ def cpu_peak(threads: int | None = None, at_least: float = 0.0) -> Peak:
             tmp.replace(path)
         except OSError:
             pass
-    return Peak(float(value), f"cpu probe (fp32 matmul, {threads} threads)")
+    return Peak(float(value), f"cpu probe (fp32 matmul{via}, {threads} threads)")
 
 
 def device_peak(device: torch.device, precision: str, override_tflops: float | None = None) -> Peak:

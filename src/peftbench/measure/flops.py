@@ -53,6 +53,24 @@ def _register_cpu_sdpa() -> None:
 _register_cpu_sdpa()
 
 
+def _register_onednn_linear() -> None:
+    """Count oneDNN's linear (train/matmul.py routes fp32 CPU linears through it): x @ w.T, 2 FLOPs per
+    multiply-add like torch's mm; the bias add, as in torch's addmm formula, is not counted."""
+    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    if op is None or op in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(op)
+    def _linear(x_shape: Any, w_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        rows = 1
+        for d in x_shape[:-1]:
+            rows *= d
+        return 2 * rows * x_shape[-1] * w_shape[0]
+
+
+_register_onednn_linear()
+
+
 _recomputing = 0  # > 0 while torch.utils.checkpoint reruns a forward in the backward pass (any thread)
 
 

@@ -194,7 +194,7 @@ class RunResult:
     samples: list[Sample] = field(default_factory=list)
     precision: str | None = None  # train.precision and model.dtype as resolved; None in runs stored before them
     dtype: str | None = None
-    threads: dict[str, Any] | None = None  # {count, wait_policy, why} (train/threads.py); None in older runs
+    threads: dict[str, Any] | None = None  # {count, wait_policy, why, matmul: {backend, why}} (train/threads.py, train/matmul.py); None in older runs
     weights: str | None = None  # "dropped": a cluster run's full weights were not kept (--keep-weights adapters)
 
     @property
