@@ -152,3 +152,15 @@ def test_the_flag_chooses_and_the_run_records_it(tiny_config_args: list[str], tm
     assert scores["onednn"] == pytest.approx(scores["torch"], rel=1e-4)
     bad = CliRunner().invoke(app, ["run", *tiny_config_args, "--matmul", "blas"])
     assert bad.exit_code == 2 and "--matmul 'blas' is not one of auto, onednn, torch" in bad.output
+
+
+@needs_onednn
+def test_called_as_peft_calls_it_keywords_and_in_place_additions(keep_matmul) -> None:
+    """peft's tuners call F.linear(input=..., weight=..., bias=...) and add to its output in place (AdaLoRA)."""
+    matmul.install("onednn")
+    x, w = torch.randn(2, 3, 16, requires_grad=True), torch.randn(4, 16, requires_grad=True)
+    out = F.linear(input=x, weight=w, bias=None)
+    out += 1.0
+    out.sum().backward()
+    torch.testing.assert_close(w.grad, x.detach().sum((0, 1)).expand(4, 16).clone(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, w.detach().sum(0).expand(2, 3, 16).clone(), rtol=1e-5, atol=1e-5)

@@ -74,7 +74,7 @@ def resolve(choice: str | None = None) -> tuple[str, str]:
 
 
 class _Linear(torch.autograd.Function):
-    """x @ w.T + b through oneDNN, with its backward's two products through oneDNN too."""
+    """x @ w.T + b for a 2-D x through oneDNN, with its backward's two products through oneDNN too."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -86,18 +86,18 @@ class _Linear(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, w = ctx.saved_tensors
         dx = dw = db = None
-        flat = grad.reshape(-1, grad.shape[-1])
         if ctx.needs_input_grad[0]:
             dx = _op()(grad, w.t(), None, "none", [], "")  # grad @ w
         if ctx.needs_input_grad[1]:
-            dw = _op()(flat.t(), x.reshape(-1, x.shape[-1]).t(), None, "none", [], "")  # grad.T @ x
+            dw = _op()(grad.t(), x.t(), None, "none", [], "")  # grad.T @ x
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = flat.sum(0)
+            db = grad.sum(0)
         return dx, dw, db
 
 
-def onednn_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear through oneDNN where it applies (plain fp32 CPU tensors, no autocast); else torch's own."""
+def onednn_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear (same signature) through oneDNN where it applies: plain fp32 CPU tensors, no autocast; else torch's."""
+    x, w, b = input, weight, bias
     if (type(x) not in _PLAIN or type(w) not in _PLAIN or (b is not None and type(b) not in _PLAIN)
             or x.dtype != torch.float32 or w.dtype != torch.float32 or x.device.type != "cpu" or w.device.type != "cpu"
             or x.dim() < 2 or w.dim() != 2 or x.layout != torch.strided or w.layout != torch.strided
@@ -105,7 +105,10 @@ def onednn_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = Non
             or _autocast() or torch.compiler.is_compiling()):
         return _torch_linear(x, w, b)
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)):
-        return _Linear.apply(x, w, b)
+        # 2-D in and out of the Function, the reshape outside: an output that is a view made inside a custom
+        # Function may not be modified in place, and adapters (AdaLoRA, GraLoRA) add to it in place.
+        out = _Linear.apply(x.reshape(-1, x.shape[-1]), w, b)
+        return out.reshape(*x.shape[:-1], w.shape[0])
     return _op()(x, w, b, "none", [], "")
 
 
