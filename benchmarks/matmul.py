@@ -108,6 +108,10 @@ def main() -> None:
     ap.add_argument("--no-smollm2", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # load reports and progress bars would bury the table
+    transformers.utils.logging.disable_progress_bar()
     if not matmul.available():
         raise SystemExit("no oneDNN linear in this torch build or CPU: nothing to compare")
     print(f"torch {torch.__version__}, {args.threads} threads, CPU vendor {matmul.cpu_vendor() or '?'}; "
