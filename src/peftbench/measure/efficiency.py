@@ -102,13 +102,7 @@ def cache_file() -> Path:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return matmul.cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def probe_cpu(threads: int, seconds: float = PROBE_SECONDS, size: int = PROBE_SIZE) -> float:

@@ -38,14 +38,19 @@ def available() -> bool:
     return torch.backends.mkldnn.is_available() and _op() is not None and platform.machine().lower() in ("x86_64", "amd64")
 
 
-def cpu_vendor() -> str:
+def cpuinfo(field: str) -> str:
+    """A field of the first CPU in /proc/cpuinfo ("vendor_id", "model name"); "" where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
+
+
+def cpu_vendor() -> str:
+    return cpuinfo("vendor_id")
 
 
 def parse(value: str | None) -> str:
