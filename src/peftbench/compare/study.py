@@ -109,8 +109,9 @@ def entries_from(items: list[Any]) -> list[Entry]:
         if head is not None and (isinstance(head, bool) or not isinstance(head, (int, float)) or not 0 < head < float("inf")):
             raise UserError(f"head_lr of method '{name}' must be a positive rate, e.g. 5.0e-2")
         head_grid = _rates(spec.pop("head_lr_grid", None), "head_lr_grid", name)
-        for key in set(spec) - {"name", "params"}:  # parse_config would list only a method section's own keys
-            raise UserError(f"unknown key '{key}' in the methods: entry of '{name}'{suggest(key, ENTRY_KEYS)}; "
+        unknown = sorted(set(spec) - {"name", "params"})  # parse_config would list only a method section's own keys
+        if unknown:
+            raise UserError(f"unknown key '{unknown[0]}' in the methods: entry of '{name}'{suggest(unknown[0], ENTRY_KEYS)}; "
                             f"an entry takes {', '.join(ENTRY_KEYS)}")
         if head is not None and head_grid:
             raise UserError(f"method '{name}' gives both head_lr and head_lr_grid; keep one of them")

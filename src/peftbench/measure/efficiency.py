@@ -125,10 +125,15 @@ def probe_cpu(threads: int, seconds: float = PROBE_SECONDS, size: int = PROBE_SI
         torch.set_num_threads(before)
 
 
+def _via() -> str:
+    """The matmul library the probe runs through, where it is not torch's own (train/matmul.py)."""
+    backend = matmul.current()["backend"]
+    return "" if backend == "torch" else f" via {backend}"
+
+
 def peak_key(threads: int) -> str:
     """The peak cache's key: what the probe's rate depends on."""
-    backend = matmul.current()["backend"]
-    return f"{cpu_model()} | {threads} threads | torch {torch.__version__}" + ("" if backend == "torch" else f" | {backend}")
+    return f"{cpu_model()} | {threads} threads | torch {torch.__version__}" + _via().replace(" via", " |")
 
 
 def cpu_peak(threads: int | None = None, at_least: float = 0.0) -> Peak:
@@ -139,8 +144,7 @@ def cpu_peak(threads: int | None = None, at_least: float = 0.0) -> Peak:
     from peftbench.train.threads import other_load
 
     threads = threads or torch.get_num_threads()
-    backend = matmul.current()["backend"]
-    key = peak_key(threads)
+    key, via = peak_key(threads), _via()
     path = cache_file()
     try:
         cached = json.loads(path.read_text())
@@ -148,7 +152,6 @@ def cpu_peak(threads: int | None = None, at_least: float = 0.0) -> Peak:
         cached = {}
     cached = cached if isinstance(cached, dict) else {}
     value = cached.get(key)
-    via = "" if backend == "torch" else f" via {backend}"
     if not isinstance(value, (int, float)) or value <= at_least:
         value = max(probe_cpu(threads), value if isinstance(value, (int, float)) else 0.0)
         if other_load() >= 0.5:  # busy: use it for this run only
