@@ -5,7 +5,8 @@ CPUs that are not Intel's: on this project's AMD EPYC (Zen 5, AVX-512) MKL reach
 a core where oneDNN, which torch also ships, reached 200-215 on the same shapes, in fp32 (no bf16
 or TF32 inside). `onednn` routes `F.linear` (every nn.Linear: the models', peft's adapters', the
 LM loss's head) through oneDNN's linear, forward and backward; `torch` leaves torch's choice.
-`auto` (the default) takes oneDNN on x86 CPUs whose vendor is not GenuineIntel, else torch's.
+`auto` (the default) takes oneDNN on x86 CPUs whose vendor is not GenuineIntel, else torch's: on a
+Xeon with AMX, MKL's Intel path was as fast as oneDNN or faster (0.77-0.98x its CPU time, BENCHMARKS.md).
 
 The choice is made from the CPU, never from a timing, so a config gives the same numbers on a
 busy and an idle machine. Like the thread count, it changes the order of a matmul's sums, so
