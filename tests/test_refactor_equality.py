@@ -34,6 +34,7 @@ from typer.testing import CliRunner
 
 from peftbench.cli import app
 from peftbench.store import Store
+from peftbench.train.matmul import cpuinfo
 
 FIXTURE = Path(__file__).parent / "fixtures" / "refactor_equality.json"
 WRITE = os.environ.get("PEFTBENCH_WRITE_FIXTURE") == "1"
@@ -74,19 +75,10 @@ def study(tiny_model: str, tiny_data: Path, results: Path, extra: list[str]) -> 
 
 def cpu_key() -> str:
     """The CPU as MKL's kernel choice sees it: vendor, family, model, name and its widest vector units."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, sep, value = line.partition(":")
-            if not sep:
-                break  # the first CPU's block ends at a blank line
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return "unknown"
-    flags = set(fields.get("flags", "").split())
+    flags = set(cpuinfo("flags").split())
     units = "+".join(f for f in ("avx2", "avx512f", "amx_tile") if f in flags)
-    return " | ".join((fields.get("vendor_id", "?"), f"family {fields.get('cpu family', '?')} model "
-                       f"{fields.get('model', '?')}", fields.get("model name", "?"), units))
+    return " | ".join((cpuinfo("vendor_id") or "?", f"family {cpuinfo('cpu family') or '?'} model {cpuinfo('model') or '?'}",
+                       cpuinfo("model name") or "?", units))
 
 
 def mismatch(got: Any, want: Any, rtol: float, where: str = "") -> str | None:

@@ -125,15 +125,16 @@ def probe_cpu(threads: int, seconds: float = PROBE_SECONDS, size: int = PROBE_SI
         torch.set_num_threads(before)
 
 
-def _via() -> str:
+def _library() -> str | None:
     """The matmul library the probe runs through, where it is not torch's own (train/matmul.py)."""
     backend = matmul.current()["backend"]
-    return "" if backend == "torch" else f" via {backend}"
+    return None if backend == "torch" else backend
 
 
 def peak_key(threads: int) -> str:
     """The peak cache's key: what the probe's rate depends on."""
-    return f"{cpu_model()} | {threads} threads | torch {torch.__version__}" + _via().replace(" via", " |")
+    library = _library()
+    return f"{cpu_model()} | {threads} threads | torch {torch.__version__}" + (f" | {library}" if library else "")
 
 
 def cpu_peak(threads: int | None = None, at_least: float = 0.0) -> Peak:
@@ -144,7 +145,8 @@ def cpu_peak(threads: int | None = None, at_least: float = 0.0) -> Peak:
     from peftbench.train.threads import other_load
 
     threads = threads or torch.get_num_threads()
-    key, via = peak_key(threads), _via()
+    key, library = peak_key(threads), _library()
+    via = f" via {library}" if library else ""
     path = cache_file()
     try:
         cached = json.loads(path.read_text())

@@ -40,11 +40,15 @@ def available() -> bool:
 
 
 def cpuinfo(field: str) -> str:
-    """A field of the first CPU in /proc/cpuinfo ("vendor_id", "model name"); "" where there is none."""
+    """A field of the first CPU in /proc/cpuinfo ("vendor_id", "model name", "flags"); "" where there is none.
+    Keys match whole ("model" is not "model name")."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(field):
-                return line.split(":", 1)[1].strip()
+            key, sep, value = line.partition(":")
+            if not sep:
+                break  # the first CPU's block ends at a blank line
+            if key.strip() == field:
+                return value.strip()
     except OSError:
         pass
     return ""
